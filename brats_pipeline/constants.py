@@ -1,0 +1,335 @@
+"""Tasks, modalities and label schemes as data.
+
+A :class:`Task` names everything that differs between data sources:
+
+* the **modalities** in channel order (the ``image`` channel order everywhere in the pipeline),
+  each with the contrast it carries and the file suffixes it is shipped under;
+* the **label scheme**: the integer label values of the ground truth and their names;
+* the **regions** the network predicts (one sigmoid channel each, e.g. TC, WT, ET), each a set
+  of label values;
+* the on-disk **layout** (``case_folder`` or ``msd``) used by dataset discovery and by the
+  synthetic phantom writer.
+
+Regions must be *nested or disjoint* and each region must own exactly one label that no
+smaller region contains. That makes ``labels -> regions -> labels`` exact: a region map is
+turned back into labels by painting regions from the largest to the smallest with the label
+each region owns (BraTS 2021: WT -> 2 (ED), TC -> 1 (NCR), ET -> 4 (ET)).
+
+Array conventions: label maps are integer arrays of spatial shape ``(X, Y, Z)`` (or with a
+leading channel of size 1); region maps are ``(R, X, Y, Z)`` with R = ``len(task.regions)``
+in ``task.regions`` order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Contrasts the synthetic phantom knows how to render.
+CONTRASTS = ("t1", "t1c", "t2", "flair")
+
+#: Tumour compartments the synthetic phantom draws (nested: necrosis inside enhancing inside edema).
+COMPARTMENTS = ("necrosis", "enhancing", "edema")
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One MRI sequence of a task.
+
+    Args:
+        name: the name used in datalists and CLIs (``t1c``).
+        contrast: one of :data:`CONTRASTS`; what the sequence shows.
+        suffixes: file-name suffixes the sequence is shipped under, preferred first
+            (BraTS 2021 ships T1c as ``_t1ce``).
+    """
+
+    name: str
+    contrast: str
+    suffixes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.contrast not in CONTRASTS:
+            raise ValueError(f"modality {self.name!r}: unknown contrast {self.contrast!r}; choose one of {CONTRASTS}")
+        if not self.suffixes:
+            raise ValueError(f"modality {self.name!r}: needs at least one file suffix")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A predicted region: a named set of label values (one sigmoid output channel)."""
+
+    name: str
+    labels: frozenset[int]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A data source: modalities, label scheme, regions and layout.
+
+    Args:
+        name: registry key (``brats2021``).
+        description: one line for humans.
+        modalities: channel order of ``image``.
+        labels: foreground label value -> name (0 is always background).
+        regions: output channels of the network, in order.
+        compartment_labels: which label value holds each tumour compartment of
+            :data:`COMPARTMENTS` (used by the phantom generator; LGG maps all three to 1).
+        layout: ``case_folder`` (``ROOT/<case>/<case><sep><suffix>.nii.gz``) or ``msd``
+            (``imagesTr``/``labelsTr`` + ``dataset.json``, 4D images, channels last).
+        separator: between case id and suffix in ``case_folder`` layouts.
+        label_suffixes: suffixes of the segmentation file, preferred first.
+        case_pattern: regex a case folder name must match (``fullmatch``).
+        patient_pattern: regex whose group 1 is the patient id of a case id; cases of one
+            patient always land in the same fold. ``None``: every case is its own patient.
+        synth_case_format: ``str.format`` pattern with ``{i}`` for synthetic case ids.
+    """
+
+    name: str
+    description: str
+    modalities: tuple[Modality, ...]
+    labels: Mapping[int, str]
+    regions: tuple[Region, ...]
+    compartment_labels: Mapping[str, int]
+    layout: str = "case_folder"
+    separator: str = "_"
+    label_suffixes: tuple[str, ...] = ("seg",)
+    case_pattern: str = r".+"
+    patient_pattern: str | None = None
+    synth_case_format: str = "case_{i:05d}"
+    _painting: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("case_folder", "msd"):
+            raise ValueError(f"task {self.name!r}: unknown layout {self.layout!r}; choose 'case_folder' or 'msd'")
+        if 0 in self.labels:
+            raise ValueError(f"task {self.name!r}: label 0 is background and must not be listed in labels")
+        known = set(self.labels)
+        for region in self.regions:
+            unknown = set(region.labels) - known
+            if unknown:
+                raise ValueError(f"task {self.name!r}: region {region.name} uses unknown labels {sorted(unknown)}")
+        if set(self.compartment_labels) != set(COMPARTMENTS):
+            raise ValueError(f"task {self.name!r}: compartment_labels must name exactly {COMPARTMENTS}")
+        object.__setattr__(self, "_painting", _painting_order(self.name, self.regions))
+
+    # ----------------------------------------------------------------- names
+    @property
+    def modality_names(self) -> tuple[str, ...]:
+        """Modality names in channel order."""
+        return tuple(m.name for m in self.modalities)
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        """Region names in output-channel order."""
+        return tuple(r.name for r in self.regions)
+
+    @property
+    def label_values(self) -> tuple[int, ...]:
+        """All valid label values, background included, ascending."""
+        return (0, *sorted(self.labels))
+
+    def modality(self, name: str) -> Modality:
+        """Return the modality called ``name`` (error lists the task's modalities)."""
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise ValueError(f"task {self.name!r} has no modality {name!r}; its modalities are {self.modality_names}")
+
+    def patient_id(self, case_id: str) -> str:
+        """The patient a case belongs to (cases of one patient share a fold)."""
+        if self.patient_pattern is None:
+            return case_id
+        match = re.match(self.patient_pattern, case_id)
+        return match.group(1) if match else case_id
+
+    # ------------------------------------------------------------ conversion
+    def check_labels(self, label: Any, source: str = "label") -> None:
+        """Raise ``ValueError`` naming ``source`` if ``label`` holds values outside the scheme."""
+        values = np.unique(np.asarray(label))
+        bad = sorted(set(values.tolist()) - set(self.label_values))
+        if bad:
+            raise ValueError(
+                f"{source}: label values {bad} are not in the {self.name} scheme {list(self.label_values)}"
+            )
+
+    def labels_to_regions(self, label: Any) -> Any:
+        """Label map ``(X,Y,Z)`` or ``(1,X,Y,Z)`` -> boolean region map ``(R,X,Y,Z)``.
+
+        Works on numpy arrays and torch tensors (returns the same kind). Unknown label values
+        raise ``ValueError``.
+        """
+        is_torch = _is_tensor(label)
+        if not is_torch:
+            label = np.asarray(label)
+        if label.ndim == 4 and label.shape[0] == 1:
+            label = label[0]
+        if label.ndim != 3:
+            raise ValueError(f"expected a label map of shape (X,Y,Z) or (1,X,Y,Z), got {tuple(label.shape)}")
+        self.check_labels(label.cpu().numpy() if is_torch else label)
+        channels = []
+        for region in self.regions:
+            mask = None
+            for value in sorted(region.labels):
+                hit = label == value
+                mask = hit if mask is None else (mask | hit)
+            channels.append(mask)
+        if is_torch:
+            import torch
+
+            return torch.stack(channels)
+        return np.stack(channels)
+
+    def regions_to_labels(self, regions: Any, dtype: Any = np.uint8) -> Any:
+        """Region map ``(R,X,Y,Z)`` (bool, or probabilities thresholded at 0.5) -> label map ``(X,Y,Z)``.
+
+        Regions are painted from the largest to the smallest with the label each region owns,
+        so a voxel in ET but (inconsistently) outside TC still becomes ET. Works on numpy
+        arrays and torch tensors (returns the same kind; torch output is ``uint8``).
+        """
+        is_torch = _is_tensor(regions)
+        if not is_torch:
+            regions = np.asarray(regions)
+        if regions.ndim != 4 or regions.shape[0] != len(self.regions):
+            raise ValueError(
+                f"expected a region map of shape ({len(self.regions)},X,Y,Z) for {self.region_names}, "
+                f"got {tuple(regions.shape)}"
+            )
+        if is_torch:
+            import torch
+
+            on = regions if regions.dtype == torch.bool else regions > 0.5
+            out = torch.zeros(tuple(regions.shape[1:]), dtype=torch.uint8, device=regions.device)
+        else:
+            on = regions if regions.dtype == bool else regions > 0.5
+            out = np.zeros(regions.shape[1:], dtype=dtype)
+        for channel, value in self._painting:
+            out[on[channel]] = value
+        return out
+
+
+def _is_tensor(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") or hasattr(x, "__torch_function__")
+
+
+def _painting_order(task: str, regions: tuple[Region, ...]) -> tuple[tuple[int, int], ...]:
+    """Check regions are nested-or-disjoint and each owns one label; return (channel, label) largest first."""
+    for a in regions:
+        for b in regions:
+            if a is b:
+                continue
+            inter = a.labels & b.labels
+            if inter and not (a.labels <= b.labels or b.labels <= a.labels):
+                raise ValueError(f"task {task!r}: regions {a.name} and {b.name} overlap without nesting")
+    order = sorted(range(len(regions)), key=lambda i: -len(regions[i].labels))
+    painting = []
+    for i in order:
+        inner = set()
+        for j, other in enumerate(regions):
+            if j != i and other.labels < regions[i].labels:
+                inner |= other.labels
+        own = regions[i].labels - inner
+        if len(own) != 1:
+            raise ValueError(
+                f"task {task!r}: region {regions[i].name} must own exactly one label not in a smaller region, "
+                f"it owns {sorted(own)}"
+            )
+        painting.append((i, next(iter(own))))
+    return tuple(painting)
+
+
+def _brats_regions(ncr: int, ed: int, et: int) -> tuple[Region, ...]:
+    return (
+        Region("TC", frozenset({ncr, et}), "tumour core: necrosis/non-enhancing + enhancing"),
+        Region("WT", frozenset({ncr, ed, et}), "whole tumour: core + oedema"),
+        Region("ET", frozenset({et}), "enhancing tumour"),
+    )
+
+
+BRATS2021 = Task(
+    name="brats2021",
+    description="BraTS 2020/2021 glioma: labels 1 NCR/NET, 2 ED, 4 ET (BraTS20_Training_001 / BraTS2021_00000 folders)",
+    modalities=(
+        Modality("t1c", "t1c", ("t1ce", "t1c", "t1gd")),
+        Modality("t1", "t1", ("t1", "t1n")),
+        Modality("t2", "t2", ("t2", "t2w")),
+        Modality("flair", "flair", ("flair", "t2f")),
+    ),
+    labels={1: "NCR/NET", 2: "ED", 4: "ET"},
+    regions=_brats_regions(ncr=1, ed=2, et=4),
+    compartment_labels={"necrosis": 1, "edema": 2, "enhancing": 4},
+    separator="_",
+    label_suffixes=("seg",),
+    case_pattern=r"(BraTS20_(Training|Validation)_\d+|BraTS2021_\d+|.+)",
+    synth_case_format="BraTS2021_{i:05d}",
+)
+
+BRATS2023 = Task(
+    name="brats2023",
+    description="BraTS 2023+ glioma: labels 1 NETC, 2 SNFH, 3 ET (BraTS-GLI-00000-000 folders)",
+    modalities=(
+        Modality("t1c", "t1c", ("t1c",)),
+        Modality("t1n", "t1", ("t1n",)),
+        Modality("t2w", "t2", ("t2w",)),
+        Modality("t2f", "flair", ("t2f",)),
+    ),
+    labels={1: "NETC", 2: "SNFH", 3: "ET"},
+    regions=_brats_regions(ncr=1, ed=2, et=3),
+    compartment_labels={"necrosis": 1, "edema": 2, "enhancing": 3},
+    separator="-",
+    label_suffixes=("seg",),
+    patient_pattern=r"^(BraTS-[A-Z]+-\d+)-\d+$",
+    synth_case_format="BraTS-GLI-{i:05d}-000",
+)
+
+MSD_TASK01 = Task(
+    name="msd_task01",
+    description="Medical Segmentation Decathlon Task01_BrainTumour: 4D images, labels 1 edema, 2 non-enhancing, 3 enhancing",
+    modalities=(
+        Modality("flair", "flair", ("FLAIR",)),
+        Modality("t1", "t1", ("T1w",)),
+        Modality("t1c", "t1c", ("t1gd",)),
+        Modality("t2", "t2", ("T2w",)),
+    ),
+    labels={1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"},
+    regions=_brats_regions(ncr=2, ed=1, et=3),
+    compartment_labels={"necrosis": 2, "edema": 1, "enhancing": 3},
+    layout="msd",
+    synth_case_format="BRATS_{i:03d}",
+)
+
+LGG = Task(
+    name="lgg",
+    description="TCGA lower-grade glioma FLAIR abnormality (Buda et al. 2019): label 1 FLAIR abnormality",
+    modalities=(
+        Modality("t1", "t1", ("t1",)),
+        Modality("flair", "flair", ("flair",)),
+        Modality("t1c", "t1c", ("t1c",)),
+    ),
+    labels={1: "FLAIR abnormality"},
+    regions=(Region("WT", frozenset({1}), "FLAIR abnormality"),),
+    compartment_labels={"necrosis": 1, "edema": 1, "enhancing": 1},
+    separator="_",
+    label_suffixes=("seg", "mask"),
+    patient_pattern=r"^(TCGA_[A-Z0-9]+_[A-Z0-9]+)_\d+$",
+    synth_case_format="TCGA_SY_{i:04d}_20000101",
+)
+
+#: Registry of tasks by name; ``brats2020`` reads BraTS 2020 with the BraTS 2021 scheme (same labels).
+TASKS: dict[str, Task] = {t.name: t for t in (BRATS2021, BRATS2023, MSD_TASK01, LGG)}
+TASK_ALIASES: dict[str, str] = {"brats2020": "brats2021"}
+
+
+def get_task(name: str | Task) -> Task:
+    """Return the task called ``name`` (a :class:`Task` is returned unchanged)."""
+    if isinstance(name, Task):
+        return name
+    key = TASK_ALIASES.get(name, name)
+    if key not in TASKS:
+        choices = ", ".join(sorted([*TASKS, *TASK_ALIASES]))
+        raise ValueError(f"unknown task {name!r}; choose one of {choices}")
+    return TASKS[key]
