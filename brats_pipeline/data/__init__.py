@@ -1,0 +1,1 @@
+"""Data layer: dataset discovery, datalists and folds, synthetic phantoms (transforms and data module follow)."""

@@ -1,0 +1,64 @@
+"""``brats-datalist``: scan a dataset folder, check every case, write a MONAI datalist with folds."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Sequence
+
+from brats_pipeline.constants import TASK_ALIASES, TASKS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brats-datalist",
+        description="Scan ROOT laid out as the task's source ships it (BraTS 2020/2021/2023 case folders, "
+        "MSD Task01 imagesTr/labelsTr + dataset.json, TCGA LGG), check every case and write a MONAI "
+        "decathlon-style datalist with patient-level cross-validation folds.",
+    )
+    parser.add_argument("root", help="dataset folder")
+    parser.add_argument("--task", required=True, choices=sorted([*TASKS, *TASK_ALIASES]), help="label scheme and layout")
+    parser.add_argument("-o", "--output", required=True, help="datalist JSON to write")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="fold seed (default 0)")
+    parser.add_argument("--strict", action="store_true", help="fail if any case is unusable (default: skip and list it)")
+    parser.add_argument(
+        "--check",
+        choices=("none", "header", "full"),
+        default="full",
+        help="how deeply to check files: full (default) also reads every voxel (truncation, NaN, constant, label values)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="threads reading files (default 2)")
+    parser.add_argument("--relative", action="store_true", help="write paths relative to the datalist's folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from brats_pipeline.data.datalist import DatasetError, build_datalist, write_datalist
+
+    try:
+        datalist = build_datalist(
+            args.root, args.task, folds=args.folds, seed=args.seed, strict=args.strict,
+            check=args.check, workers=args.workers, progress=sys.stderr.isatty(),
+        )
+    except (DatasetError, ValueError, FileNotFoundError) as err:
+        print(f"brats-datalist: error: {err}", file=sys.stderr)
+        return 1
+    path = write_datalist(datalist, args.output, relative=args.relative)
+    sizes = Counter(e["fold"] for e in datalist["training"])
+    patients = len({e["patient_id"] for e in datalist["training"]})
+    print(
+        f"{path}: {datalist['numTraining']} labelled case(s) from {patients} patient(s), "
+        f"{datalist['numTest']} unlabelled, {len(datalist['skipped'])} skipped"
+    )
+    if sizes:
+        print("folds: " + ", ".join(f"{f}: {sizes[f]}" for f in sorted(sizes)))
+    for skipped in datalist["skipped"]:
+        print(f"skipped {skipped['case_id']}: {skipped['file']}: {skipped['reason']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
