@@ -1,0 +1,224 @@
+"""``BratsDataModule``: datalist + fold -> cached datasets and loaders, augmentation on the GPU.
+
+The deterministic transforms (load, orient, crop, normalise, regions) run once per case and
+are cached (in memory, or on disk with ``cache="disk"``). Per epoch, each training volume
+gives ``samples_per_volume`` random patches (label-balanced), cropped on the CPU; then
+
+* ``augmentation_device="batch"`` (the default on GPUs: ``"auto"``): the whole batch is
+  augmented by :class:`~brats_pipeline.data.augment.BatchAugment` after transfer to the
+  device (``on_after_batch_transfer``) — one ``grid_sample`` for all spatial transforms,
+  random numbers drawn with torch on the device. The CPU crops a margin around each patch
+  so rotations do not pull in empty corners.
+* ``augmentation_device="cpu"`` (the default without a GPU): stock MONAI per-sample random
+  transforms in the loader workers.
+
+Validation/test loaders yield whole volumes (batch size 1); under DDP each rank gets a
+disjoint share of the cases (no padding, so none is counted twice).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from brats_pipeline.constants import Task, get_task
+from brats_pipeline.data.datalist import load_datalist, split_fold
+from brats_pipeline.data.transforms import (
+    AugmentationConfig,
+    cpu_augmentation,
+    deterministic_transforms,
+    patch_sampling,
+)
+
+CACHE_MODES = ("none", "memory", "disk")
+AUGMENTATION_DEVICES = ("auto", "batch", "cpu")
+
+
+class BratsDataModule(pl.LightningDataModule):
+    """Datasets and loaders for one cross-validation fold of a datalist.
+
+    Args:
+        datalist: datalist JSON written by ``brats-datalist`` / ``brats-preprocess``.
+        fold: validation fold; the other folds train. ``-1``: train on every fold and
+            validate on fold 0 (use for a final model).
+        patch_size: training patch (x, y, z) voxels.
+        batch_size: patches per batch.
+        samples_per_volume: patches drawn from each volume per epoch.
+        pos_fraction: share of patches centred on tumour.
+        num_workers: loader worker processes.
+        cache: ``memory`` (CacheDataset), ``disk`` (PersistentDataset in ``cache_dir``) or ``none``.
+        cache_dir: folder for ``cache="disk"``.
+        augmentation: :class:`AugmentationConfig` fields (``null`` for the defaults).
+        augmentation_device: ``auto`` (batched on the device when training on a GPU, MONAI per
+            sample on the CPU otherwise), ``batch`` or ``cpu``.
+        spacing: resample to this spacing (mm) when the data is not preprocessed.
+        orientation: reorient to these axis codes (``null`` keeps the files' orientation).
+        crop_foreground: crop volumes to the non-zero bounding box.
+        max_cases: use at most this many training (and validation) cases (smoke runs).
+    """
+
+    def __init__(
+        self,
+        datalist: str,
+        fold: int = 0,
+        patch_size: Sequence[int] = (128, 128, 128),
+        batch_size: int = 2,
+        samples_per_volume: int = 2,
+        pos_fraction: float = 0.67,
+        num_workers: int = 4,
+        cache: str = "memory",
+        cache_dir: str | None = None,
+        augmentation: dict[str, Any] | None = None,
+        augmentation_device: str = "auto",
+        spacing: Sequence[float] | None = None,
+        orientation: str | None = "RAS",
+        crop_foreground: bool = True,
+        max_cases: int | None = None,
+    ) -> None:
+        super().__init__()
+        if cache not in CACHE_MODES:
+            raise ValueError(f"unknown cache mode {cache!r}; choose one of {CACHE_MODES}")
+        if cache == "disk" and not cache_dir:
+            raise ValueError("cache='disk' needs cache_dir")
+        if augmentation_device not in AUGMENTATION_DEVICES:
+            raise ValueError(f"unknown augmentation_device {augmentation_device!r}; choose one of {AUGMENTATION_DEVICES}")
+        if len(patch_size) != 3 or min(patch_size) < 1:
+            raise ValueError(f"patch_size must be three positive sizes, got {tuple(patch_size)}")
+        self.save_hyperparameters()
+        self.datalist_path = str(datalist)
+        self.datalist = load_datalist(datalist)
+        self.task: Task = get_task(self.datalist["task"])
+        self.augmentation = AugmentationConfig.from_any(augmentation)
+        self.patch_size = tuple(int(s) for s in patch_size)
+        self._batch_augment: Any = None
+        self.train_ds: Any = None
+        self.val_ds: Any = None
+        self.predict_ds: Any = None
+
+    # ------------------------------------------------------------ properties
+    @property
+    def in_channels(self) -> int:
+        return len(self.task.modalities)
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.task.regions)
+
+    @property
+    def task_name(self) -> str:
+        return self.task.name
+
+    def uses_batch_augmentation(self) -> bool:
+        """Whether random augmentation runs batched after transfer (``True``) or per sample on the CPU."""
+        mode = self.hparams.augmentation_device
+        if mode != "auto":
+            return mode == "batch"
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None:
+            return trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
+
+    # ----------------------------------------------------------------- setup
+    def split(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(train, validation) entries of the configured fold."""
+        entries = self.datalist["training"]
+        if not entries:
+            raise ValueError(f"{self.datalist_path}: no labelled cases to train on")
+        fold = self.hparams.fold
+        if fold == -1:
+            train, val = entries, split_fold(entries, 0)[1]
+        else:
+            train, val = split_fold(entries, fold)
+        limit = self.hparams.max_cases
+        if limit is not None:
+            train, val = train[:limit], val[:limit]
+        if not train or not val:
+            raise ValueError(f"{self.datalist_path}: fold {fold} leaves {len(train)} training / {len(val)} validation cases")
+        return train, val
+
+    def _deterministic(self, with_label: bool = True) -> Any:
+        hp = self.hparams
+        return deterministic_transforms(
+            self.task, with_label=with_label, spacing=hp.spacing, orientation=hp.orientation, crop_foreground=hp.crop_foreground
+        )
+
+    def _dataset(self, data: list[dict[str, Any]], transform: Any) -> Any:
+        from monai.data import CacheDataset, Dataset, PersistentDataset
+
+        hp = self.hparams
+        if hp.cache == "memory":
+            # one caching thread: threaded caching of multi-file cases raced in MONAI 1.6 (see notes)
+            return CacheDataset(data, transform, num_workers=1, progress=False)
+        if hp.cache == "disk":
+            return PersistentDataset(data, transform, cache_dir=hp.cache_dir)
+        return Dataset(data, transform)
+
+    def _sample_size(self) -> tuple[int, ...]:
+        if not self.uses_batch_augmentation():
+            return self.patch_size
+        # a margin so that rotated/scaled patches are filled with data, not padding
+        return tuple(int(math.ceil(s * 1.2 / 2) * 2) for s in self.patch_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        from monai.transforms import Compose
+
+        train, val = self.split()
+        if stage in (None, "fit"):
+            random_steps = patch_sampling(self._sample_size(), self.hparams.samples_per_volume, self.hparams.pos_fraction)
+            if not self.uses_batch_augmentation():
+                random_steps += cpu_augmentation(self.augmentation)
+            det = self._deterministic()
+            self.train_ds = self._dataset(train, Compose([*det.transforms, *random_steps]))
+        if stage in (None, "fit", "validate", "test"):
+            self.val_ds = self._dataset(val, self._deterministic())
+        if stage == "predict":
+            data = self.datalist.get("testing") or val
+            self.predict_ds = self._dataset([{k: v for k, v in e.items() if k != "label"} for e in data], self._deterministic(False))
+
+    # --------------------------------------------------------------- loaders
+    def _loader(self, dataset: Any, batch_size: int, shuffle: bool) -> Any:
+        from monai.data import DataLoader, DistributedSampler
+
+        workers = self.hparams.num_workers
+        sampler = None
+        if not shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = DistributedSampler(dataset, shuffle=False, even_divisible=False)
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+            num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> Any:
+        return self._loader(self.train_ds, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> Any:
+        return self._loader(self.val_ds, 1, shuffle=False)
+
+    def test_dataloader(self) -> Any:
+        return self._loader(self.val_ds, 1, shuffle=False)
+
+    def predict_dataloader(self) -> Any:
+        return self._loader(self.predict_ds, 1, shuffle=False)
+
+    # ---------------------------------------------------------- augmentation
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or not trainer.training:
+            return batch
+        image, label = _plain(batch["image"]), _plain(batch["label"])  # no MetaTensor bookkeeping in the hot loop
+        if self.uses_batch_augmentation():
+            if self._batch_augment is None:
+                from brats_pipeline.data.augment import BatchAugment
+
+                spacing = self.hparams.spacing or (1.0, 1.0, 1.0)
+                self._batch_augment = BatchAugment(self.augmentation, out_size=self.patch_size, spacing=spacing)
+            image, label = self._batch_augment(image, label)
+        return {**batch, "image": image, "label": label}
+
+
+def _plain(x: Any) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
