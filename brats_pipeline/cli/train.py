@@ -3,7 +3,7 @@
 ``brats-train fit --config brats_pipeline/configs/tiny_cpu.yaml --data.datalist demo_data/datalist.json``
 (also ``validate``, ``test``, ``predict``; ``--print_config`` shows every option). The model's
 ``task`` and ``in_channels`` follow the datalist; a best-Dice and a last checkpoint are always
-kept (``--checkpoint.*``), early stopping is configurable (``--early_stopping.patience``), and a
+kept (``--checkpoint.*`` configures the best one; ``last.ckpt`` is rewritten every epoch), early stopping is configurable (``--early_stopping.patience``), and a
 PNG of the loss/Dice curves is written beside the logs at the end of ``fit``.
 """
 
@@ -46,6 +46,17 @@ class TrainingCurves(Callback):
         plot_training_curves(self.history, out)
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """Write ``last.ckpt`` at the end of *every* epoch, for resuming after a kill or preemption.
+
+    Lightning's ``save_last=True`` refreshes ``last.ckpt`` only when the monitored checkpoint
+    improves, so a preempted job would resume from its best epoch and redo the rest.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+
+
 class BratsCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -53,7 +64,7 @@ class BratsCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/dice_mean",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,
                 "checkpoint.filename": "epoch{epoch:03d}-dice{val/dice_mean:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
@@ -73,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     BratsCLI(
         BratsSegmentationModule,
         BratsDataModule,
-        trainer_defaults={"callbacks": [TrainingCurves()]},
+        trainer_defaults={"callbacks": [TrainingCurves(), LastCheckpoint()]},
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=list(argv) if argv is not None else None,
