@@ -52,7 +52,10 @@ def test_brats2021_cohort_datalist(cohort: Path) -> None:
     assert dl["numTraining"] == 4 and dl["numTest"] == 1 and dl["skipped"] == []
     first = dl["training"][0]
     assert [Path(p).name for p in first["image"]] == [
-        "BraTS2021_00000_t1ce.nii.gz", "BraTS2021_00000_t1.nii.gz", "BraTS2021_00000_t2.nii.gz", "BraTS2021_00000_flair.nii.gz",
+        "BraTS2021_00000_t1ce.nii.gz",
+        "BraTS2021_00000_t1.nii.gz",
+        "BraTS2021_00000_t2.nii.gz",
+        "BraTS2021_00000_flair.nii.gz",
     ]
     assert Path(first["label"]).name == "BraTS2021_00000_seg.nii.gz"
     assert dl["testing"][0]["case_id"] == "BraTS2021_00004" and "label" not in dl["testing"][0]
@@ -147,7 +150,9 @@ def test_split_fold(cohort: Path) -> None:
 
 # ----------------------------------------------------------------------------- bad input
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def _rewrite(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> None:
@@ -211,8 +216,15 @@ def _break_non_3d(case: Path) -> str:
 
 
 BREAKERS = [
-    _break_missing_modality, _break_unreadable, _break_truncated, _break_shape, _break_affine,
-    _break_nan, _break_constant, _break_label_values, _break_non_3d,
+    _break_missing_modality,
+    _break_unreadable,
+    _break_truncated,
+    _break_shape,
+    _break_affine,
+    _break_nan,
+    _break_constant,
+    _break_label_values,
+    _break_non_3d,
 ]
 
 
@@ -254,8 +266,15 @@ def test_load_datalist_rejects_other_json(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- CLIs
 def test_cli_synth_then_datalist(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cohort"
-    assert synth_main([str(out), "--cases", "5", "--task", "brats2021", "--shape", "32", "32", "32", "--seed", "0"]) == 0
-    assert datalist_main([str(out), "--task", "brats2021", "-o", str(tmp_path / "dl.json"), "--folds", "5"]) == 0
+    assert (
+        synth_main(
+            [str(out), "--cases", "5", "--task", "brats2021", "--shape", "32", "32", "32", "--seed", "0"]
+        )
+        == 0
+    )
+    assert (
+        datalist_main([str(out), "--task", "brats2021", "-o", str(tmp_path / "dl.json"), "--folds", "5"]) == 0
+    )
     printed = capsys.readouterr().out
     assert "5 labelled case(s) from 5 patient(s), 0 unlabelled, 0 skipped" in printed
     assert "folds: 0: 1, 1: 1, 2: 1, 3: 1, 4: 1" in printed
@@ -267,7 +286,21 @@ def test_cli_strict_fails_default_lists(broken: Path, tmp_path: Path, capsys: py
     out = tmp_path / "dl.json"
     assert datalist_main([str(broken), "--task", "brats2021", "-o", str(out), "--folds", "2"]) == 0
     assert "skipped BraTS2021_00002:" in capsys.readouterr().out
-    assert datalist_main([str(broken), "--task", "brats2021", "-o", str(tmp_path / "strict.json"), "--folds", "2", "--strict"]) == 1
+    assert (
+        datalist_main(
+            [
+                str(broken),
+                "--task",
+                "brats2021",
+                "-o",
+                str(tmp_path / "strict.json"),
+                "--folds",
+                "2",
+                "--strict",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "1 unusable case(s)" in err and "missing modality t2" in err
     assert not (tmp_path / "strict.json").exists()

@@ -81,7 +81,10 @@ def test_bias_field_and_rician_noise_present(phantom) -> None:
     seed = phantom.meta["seed"]
     flat = make_phantom("brats2021", SHAPE, seed=seed, bias=0.0)  # same draws, no bias field
     for modality in phantom.images:
-        ratio = ndimage.uniform_filter(phantom.images[modality], 3)[wm] / ndimage.uniform_filter(flat.images[modality], 3)[wm]
+        ratio = (
+            ndimage.uniform_filter(phantom.images[modality], 3)[wm]
+            / ndimage.uniform_filter(flat.images[modality], 3)[wm]
+        )
         # a smooth multiplicative field spanning well over ±5 % across the white matter
         assert np.percentile(ratio, 95) / np.percentile(ratio, 5) > 1.1
     background = phantom.images["t1"][phantom.tissue == 0]
@@ -102,7 +105,11 @@ def test_other_tasks_use_their_modalities_and_labels(task: str) -> None:
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_identical_bytes_other_seed_differs(tmp_path: Path) -> None:
@@ -123,7 +130,9 @@ def test_case_does_not_depend_on_cohort_size(tmp_path: Path) -> None:
 
 
 def test_brats2021_layout_and_file_format(tmp_path: Path) -> None:
-    write_cohort(tmp_path, "brats2021", n_cases=1, n_unlabelled=1, shape=(32, 32, 24), seed=0, spacing=(1.0, 1.0, 1.5))
+    write_cohort(
+        tmp_path, "brats2021", n_cases=1, n_unlabelled=1, shape=(32, 32, 24), seed=0, spacing=(1.0, 1.0, 1.5)
+    )
     case = tmp_path / "BraTS2021_00000"
     names = sorted(p.name for p in case.iterdir())
     assert names == [f"BraTS2021_00000_{s}.nii.gz" for s in ("flair", "seg", "t1", "t1ce", "t2")]
