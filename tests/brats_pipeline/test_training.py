@@ -269,3 +269,20 @@ def test_ddp_two_processes_give_the_same_validation_dice(datalist: Path, tmp_pat
     for key in ("val/dice_TC", "val/dice_WT", "val/dice_ET", "val/dice_mean"):
         assert results[2][key] == pytest.approx(results[1][key], abs=1e-5)
     assert np.isfinite(results[1]["val/dice_mean"])
+
+
+@pytest.mark.slow
+def test_lgg_config_trains_on_the_real_data(lgg_dir: Path, tmp_path: Path) -> None:
+    dl = write_datalist(build_datalist(lgg_dir, "lgg", folds=5, seed=0), tmp_path / "lgg.json")
+    train_main([
+        "fit", "--config", str(CONFIG_DIR / "unet3d_lgg.yaml"), "--data.datalist", str(dl), "--data.fold", "1",
+        "--data.max_cases", "1", "--data.num_workers", "0", "--data.patch_size", "[64, 64, 32]",
+        "--data.batch_size", "2", "--data.samples_per_volume", "1", "--data.augmentation_device", "batch",
+        "--model.network_kwargs", "{features: [8, 8, 16, 32, 64, 8]}", "--model.roi_size", "[128, 128, 32]",
+        "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.max_epochs", "1",
+        "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
+    ])
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["task"] == "lgg" and ckpt["hyper_parameters"]["in_channels"] == 3
+    assert ckpt["state_dict"]["network.final_conv.weight"].shape[0] == 1  # one region: WT
