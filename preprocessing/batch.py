@@ -1,0 +1,341 @@
+"""Many cases through :func:`preprocessing.pipeline.preprocess_case`: shards, workers, manifest, datalist.
+
+* **Sharding** (:func:`shard_of`): case *c* belongs to shard ``sha256(case_id) mod N``. Shards
+  are disjoint, together cover the cohort, and a case's shard never changes when cases are
+  added or listed in another order: a SLURM job array with ``--shard $SLURM_ARRAY_TASK_ID/N``
+  splits a cohort reproducibly, and a re-run of one array task redoes the same cases.
+* **Workers**: cases run in a process pool (``spawn``); each worker gives SimpleITK
+  ``threads`` threads. One worker runs in the calling process.
+* **Resuming**: a case whose sidecar says it finished with the same inputs and settings,
+  and whose outputs all exist, is skipped (``status: skipped``) unless ``overwrite``.
+* **Manifest**: ``OUT/manifest[.shard-I-of-N].{json,csv}`` with one row per case (``case_id``,
+  ``status`` ``ok``/``failed``/``skipped`` (finished by an earlier run), ``duration_s``, ``error``), rewritten atomically
+  after every case, so a killed run still shows how far it got.
+* **Datalist**: ``OUT/datalist.json`` in the input's datalist format, listing every finished
+  case of the input (and of earlier runs into ``OUT``) with the preprocessed files; cases not
+  finished are listed under ``skipped`` with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from preprocessing.io import ImageFileError, write_json
+from preprocessing.pipeline import (
+    SIDECAR_SUFFIX,
+    Case,
+    PreprocessConfig,
+    finished_record,
+    output_paths,
+    preprocess_case,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FIELDS = ("case_id", "status", "duration_s", "error")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``.
+
+    Raises:
+        ValueError: not of that form.
+    """
+    try:
+        index, count = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {text!r}: need N >= 1 and 0 <= I < N (I is 0-based)")
+    return index, count
+
+
+def shard_of(case_id: str, count: int) -> int:
+    """The shard (0-based, of ``count``) a case belongs to: ``sha256(case_id) mod count``."""
+    return int(hashlib.sha256(case_id.encode("utf-8")).hexdigest(), 16) % count
+
+
+def select_shard(cases: Sequence[Case], shard: tuple[int, int] | None) -> list[Case]:
+    """The cases of shard ``(I, N)`` in input order (all cases if ``shard`` is ``None``)."""
+    if shard is None:
+        return list(cases)
+    index, count = shard
+    return [c for c in cases if shard_of(c.case_id, count) == index]
+
+
+@dataclass
+class CaseStatus:
+    """One manifest row."""
+
+    case_id: str
+    status: str
+    duration_s: float = 0.0
+    error: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BatchResult:
+    """What :func:`run_batch` did: the manifest rows and where the manifest and datalist went."""
+
+    statuses: list[CaseStatus]
+    manifest_json: Path
+    manifest_csv: Path
+    datalist: Path | None
+
+    @property
+    def n_failed(self) -> int:
+        return sum(s.status == "failed" for s in self.statuses)
+
+
+def _init_worker(threads: int) -> None:
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
+
+
+def _run_case(case: Case, config: PreprocessConfig, out_dir: str) -> CaseStatus:
+    """Process one case, turning any failure into a ``failed`` row (runs in a worker)."""
+    start = time.perf_counter()
+    try:
+        result = preprocess_case(case, config, out_dir)
+    except (ImageFileError, ValueError, RuntimeError, OSError) as exc:
+        return CaseStatus(case.case_id, "failed", round(time.perf_counter() - start, 3), _describe(exc))
+    except Exception as exc:  # an unexpected bug must not stop the batch either; keep the traceback
+        tb = traceback.format_exc(limit=3)
+        return CaseStatus(case.case_id, "failed", round(time.perf_counter() - start, 3), f"{_describe(exc)}\n{tb}")
+    outputs = {k: str(v) for k, v in result.outputs.items()}
+    return CaseStatus(case.case_id, "ok", round(time.perf_counter() - start, 3), "", outputs)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def manifest_paths(out_dir: str | os.PathLike, shard: tuple[int, int] | None = None) -> tuple[Path, Path]:
+    """``OUT/manifest.json`` and ``.csv`` (``manifest.shard-I-of-N.*`` for a shard)."""
+    stem = "manifest" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}"
+    return Path(out_dir) / f"{stem}.json", Path(out_dir) / f"{stem}.csv"
+
+
+def write_manifest(
+    statuses: Sequence[CaseStatus],
+    out_dir: str | os.PathLike,
+    shard: tuple[int, int] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write the manifest JSON (summary + rows) and CSV (rows) atomically."""
+    from preprocessing.io import atomic_path
+
+    json_path, csv_path = manifest_paths(out_dir, shard)
+    counts = {s: sum(r.status == s for r in statuses) for s in ("ok", "failed", "skipped")}
+    write_json(
+        {
+            **dict(extra or {}),
+            "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+            "counts": counts,
+            "cases": [r.__dict__ for r in statuses],
+        },
+        json_path,
+    )
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in statuses:
+        writer.writerow({**row.__dict__, "error": row.error.splitlines()[0] if row.error else ""})
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(buffer.getvalue())
+    return json_path, csv_path
+
+
+def run_batch(
+    cases: Sequence[Case],
+    config: PreprocessConfig,
+    out_dir: str | os.PathLike,
+    workers: int = 1,
+    threads: int | None = None,
+    shard: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    bad_inputs: Iterable[CaseStatus] = (),
+    datalist_header: Mapping[str, Any] | None = None,
+    skipped_inputs: Sequence[Mapping[str, Any]] = (),
+) -> BatchResult:
+    """Preprocess ``cases`` (the shard's part of them) into ``out_dir``.
+
+    Args:
+        cases: the whole cohort (every shard sees the same list).
+        config: pipeline settings.
+        out_dir: output root.
+        workers: processes working on cases at once.
+        threads: SimpleITK threads per worker (default: CPU cores / workers, at least 1).
+        shard: ``(I, N)`` to process only shard I of N (:func:`shard_of`).
+        overwrite: redo finished cases.
+        progress: show a tqdm bar.
+        bad_inputs: cases that could not even be described (e.g. a missing modality found
+            by discovery); they are reported as failed in the manifest.
+        datalist_header: top-level keys of the output datalist (``name``, ``task``,
+            ``modality``, ``labels``, ``regions`` ...); ``None`` writes no datalist.
+        skipped_inputs: input datalist ``skipped`` entries, carried to the output datalist.
+
+    Returns:
+        :class:`BatchResult`; ``n_failed > 0`` means some case failed (the CLI exits 1).
+    """
+    from tqdm import tqdm
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    mine = select_shard(cases, shard)
+    bad = [b for b in bad_inputs if shard is None or shard_of(b.case_id, shard[1]) == shard[0]]
+    statuses: list[CaseStatus] = list(bad)
+    extra = {"output": str(out_dir.resolve()), "config": config.to_dict(), "workers": workers, "threads": threads}
+
+    todo = []
+    for case in mine:
+        if not overwrite and finished_record(out_dir, case, config) is not None:
+            statuses.append(CaseStatus(case.case_id, "skipped", 0.0))  # finished by an earlier run
+        else:
+            todo.append(case)
+    write_manifest(statuses, out_dir, shard, extra)
+
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="preprocess", unit="case", disable=not progress)
+
+    def done(status: CaseStatus) -> None:
+        statuses.append(status)
+        if status.status == "failed":
+            log.error("%s failed: %s", status.case_id, status.error.splitlines()[0])
+        write_manifest(statuses, out_dir, shard, extra)
+        bar.update()
+
+    if workers == 1 or len(todo) <= 1:
+        _init_worker(threads)
+        for case in todo:
+            done(_run_case(case, config, str(out_dir)))
+    else:
+        _run_pool(todo, config, out_dir, workers, threads, done)
+    bar.close()
+
+    order = {c.case_id: i for i, c in enumerate(cases)}
+    statuses.sort(key=lambda s: order.get(s.case_id, -1))
+    json_path, csv_path = write_manifest(statuses, out_dir, shard, extra)
+    datalist = None
+    if datalist_header is not None:
+        datalist = write_output_datalist(cases, config, out_dir, datalist_header, statuses, skipped_inputs)
+    return BatchResult(statuses, json_path, csv_path, datalist)
+
+
+def _run_pool(todo: Sequence[Case], config: PreprocessConfig, out_dir: Path, workers: int, threads: int, done: Any) -> None:
+    """Run cases in a spawn process pool; a dead worker fails its in-flight cases, not the batch."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending = list(todo)
+    while pending:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = {pool.submit(_run_case, case, config, str(out_dir)): case for case in pending}
+            pending = []
+            broken = False
+            for future in as_completed(futures):
+                case = futures[future]
+                try:
+                    done(future.result())
+                except BrokenProcessPool:
+                    if not broken:  # the first casualty is reported; the others are retried in a new pool
+                        broken = True
+                        done(CaseStatus(case.case_id, "failed", 0.0, "worker process died (out of memory?)"))
+                    else:
+                        pending.append(case)
+
+
+# ------------------------------------------------------------------------------------ datalist
+def write_output_datalist(
+    cases: Sequence[Case],
+    config: PreprocessConfig,
+    out_dir: str | os.PathLike,
+    header: Mapping[str, Any],
+    statuses: Sequence[CaseStatus] = (),
+    skipped_inputs: Sequence[Mapping[str, Any]] = (),
+) -> Path:
+    """Write ``OUT/datalist.json`` for every finished case (see module docstring).
+
+    Entries keep ``case_id``, ``fold`` and any other keys of the input; ``image`` lists the
+    preprocessed files in the datalist's modality order, ``label`` the resampled label.
+    Entries of an existing ``OUT/datalist.json`` for cases not in ``cases`` are kept while
+    their outputs are still finished (several single-case runs into one folder add up).
+    """
+    out_dir = Path(out_dir).resolve()
+    path = out_dir / "datalist.json"
+    failed = {s.case_id: s.error.splitlines()[0] if s.error else "failed" for s in statuses if s.status == "failed"}
+    training: list[dict[str, Any]] = []
+    testing: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = [dict(s) for s in skipped_inputs]
+    listed = set()
+    for case in cases:
+        listed.add(case.case_id)
+        record = finished_record(out_dir, case, config)
+        if record is None:
+            reason = failed.get(case.case_id, "not preprocessed yet (another shard, or not run)")
+            skipped.append({"case_id": case.case_id, "file": None, "reason": f"preprocessing: {reason}"})
+            continue
+        paths = output_paths(case, out_dir, config.task)
+        entry: dict[str, Any] = {"case_id": case.case_id, **case.extra}
+        if case.fold is not None:
+            entry["fold"] = case.fold
+        entry["image"] = [str(paths[m]) for m in case.ordered(config.task)]
+        if "label" in paths:
+            entry["label"] = str(paths["label"])
+            training.append(entry)
+        else:
+            testing.append(entry)
+    for key, bucket in (("training", training), ("testing", testing)):
+        for entry in _previous_entries(path, key, listed):
+            bucket.append(entry)
+    for status in statuses:  # bad inputs that never became cases
+        if status.status == "failed" and status.case_id not in listed:
+            skipped.append({"case_id": status.case_id, "file": None, "reason": status.error.splitlines()[0]})
+    datalist = {k: v for k, v in dict(header).items() if k not in ("training", "testing", "skipped", "numTraining", "numTest")}
+    datalist.update(
+        {
+            "root": str(out_dir),
+            "preprocessing": {"config": config.to_dict(), "config_fingerprint": config.fingerprint()},
+            "numTraining": len(training),
+            "numTest": len(testing),
+            "training": training,
+            "testing": testing,
+            "skipped": skipped,
+        }
+    )
+    return write_json(datalist, path)
+
+
+def _previous_entries(path: Path, key: str, exclude: set[str]) -> list[dict[str, Any]]:
+    """Entries of an existing output datalist for other cases whose outputs are all still there."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    keep = []
+    for entry in previous.get(key, []):
+        if entry.get("case_id") in exclude:
+            continue
+        files = [*entry.get("image", []), *([entry["label"]] if entry.get("label") else [])]
+        sidecar = path.parent / str(entry.get("case_id")) / f"{entry.get('case_id')}{SIDECAR_SUFFIX}"
+        if sidecar.is_file() and all(Path(f).is_file() for f in files):
+            keep.append(entry)
+    return keep

@@ -1,0 +1,499 @@
+"""One case through the ITK stage: read -> reorient -> N4 -> register -> resample -> normalise -> write.
+
+:func:`preprocess_case` is the Python API; ``brats-preprocess`` (:mod:`preprocessing.cli`) runs it
+over many cases. The steps, in order (each switchable in :class:`PreprocessConfig`):
+
+1. **read** every modality (and the label) with checks (:func:`preprocessing.io.read_image`):
+   unreadable/truncated, not 3D, NaN/Inf, constant; the label must share the reference
+   modality's grid and hold only the task's label values;
+2. **reorient** to ``orientation`` (RAS by default; permutes axes, no interpolation);
+3. **foreground mask** of the reference modality (``mask_method``);
+4. **N4** bias correction of each modality at its native resolution (the reference in the
+   reference mask, the others in their own foreground mask);
+5. **register** each other modality rigidly (or affinely) to the reference (Mattes MI);
+6. **resample** every modality onto one output grid, the reference's field of view at
+   ``spacing`` (one interpolation per image: registration transform and resampling together;
+   B-spline for images, nearest neighbour for the label and mask);
+7. **normalise**: crop all volumes to the mask's bounding box plus ``crop_margin`` voxels,
+   z-score each modality inside the mask, optional percentile clipping, zero outside the mask;
+8. **write** ``OUT/<case_id>/<case_id><sep><modality>.nii.gz`` (float32),
+   ``<case_id><sep><label suffix>.nii.gz`` (uint8) and the JSON sidecar
+   ``<case_id>_preprocess.json`` *last*: a case is finished exactly when its sidecar exists
+   and lists outputs that all exist. Every file is written atomically.
+
+Arrays in results are SimpleITK images (z, y, x in memory, LPS geometry); the written NIfTI
+files are read by nibabel/MONAI as x, y, z in RAS world coordinates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from preprocessing.io import ImageFileError, check_same_grid, read_image, read_label, write_image, write_json
+from preprocessing.n4 import N4Config
+from preprocessing.normalize import MASK_METHODS
+from preprocessing.register import RegistrationConfig
+from preprocessing.resample import IMAGE_INTERPOLATORS, LABEL_INTERPOLATORS, ORIENTATIONS
+
+SIDECAR_SUFFIX = "_preprocess.json"
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What :func:`preprocess_case` does; every step can be switched off.
+
+    Args:
+        task: task name (``brats2021`` ...) whose modality names the case must use and whose
+            label values the label must hold; ``None``: any modality names, label values unchecked.
+        reference: modality that defines the output grid and that others are registered to.
+        orientation: ``"RAS"`` or ``"LPS"`` output orientation, ``None`` to keep the input's.
+        spacing: output voxel size (x, y, z mm); ``None`` keeps the reference's spacing.
+        n4: run N4 bias-field correction.
+        n4_config: N4 settings.
+        register: register each modality to the reference; ``False`` trusts the headers.
+        registration: registration settings.
+        normalize: crop to the foreground and z-score in the mask.
+        mask_method: ``"auto"``, ``"otsu"`` or ``"nonzero"`` (:mod:`preprocessing.normalize`).
+        crop_margin: voxels kept around the mask's bounding box; ``None``: no cropping.
+        clip_percentiles: ``(low, high)`` in-mask percentiles to clip to before z-scoring.
+        image_interpolator: ``"bspline"`` or ``"linear"`` (or ``"nearest"``).
+        label_interpolator: ``"nearest"`` or ``"label_gaussian"``.
+    """
+
+    task: str | None = None
+    reference: str = "t1c"
+    orientation: str | None = "RAS"
+    spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
+    n4: bool = True
+    n4_config: N4Config = field(default_factory=N4Config)
+    register: bool = True
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    normalize: bool = True
+    mask_method: str = "auto"
+    crop_margin: int | None = 5
+    clip_percentiles: tuple[float, float] | None = None
+    image_interpolator: str = "bspline"
+    label_interpolator: str = "nearest"
+
+    def __post_init__(self) -> None:
+        if self.spacing is not None:
+            spacing = tuple(float(s) for s in self.spacing)
+            if len(spacing) != 3 or min(spacing) <= 0:
+                raise ValueError(f"spacing must be three positive sizes in mm (x, y, z), got {self.spacing}")
+            object.__setattr__(self, "spacing", spacing)
+        if self.clip_percentiles is not None:
+            clip = tuple(float(p) for p in self.clip_percentiles)
+            if len(clip) != 2 or not 0.0 <= clip[0] < clip[1] <= 100.0:
+                raise ValueError(f"clip_percentiles must be (low, high) with 0 <= low < high <= 100, got {self.clip_percentiles}")
+            object.__setattr__(self, "clip_percentiles", clip)
+        if self.orientation is not None and self.orientation not in ORIENTATIONS:
+            raise ValueError(f"unknown orientation {self.orientation!r}; choose one of {ORIENTATIONS} or None")
+        if self.mask_method not in MASK_METHODS:
+            raise ValueError(f"unknown mask method {self.mask_method!r}; choose one of {MASK_METHODS}")
+        if self.image_interpolator not in IMAGE_INTERPOLATORS:
+            raise ValueError(f"unknown image interpolator {self.image_interpolator!r}; choose one of {IMAGE_INTERPOLATORS}")
+        if self.label_interpolator not in LABEL_INTERPOLATORS:
+            raise ValueError(f"unknown label interpolator {self.label_interpolator!r}; choose one of {LABEL_INTERPOLATORS}")
+        if self.crop_margin is not None and int(self.crop_margin) < 0:
+            raise ValueError(f"crop_margin must be >= 0 voxels or None, got {self.crop_margin}")
+        if self.task is not None:
+            from brats_pipeline.constants import get_task
+
+            get_task(self.task)  # unknown task names fail here, listing the known ones
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        if isinstance(data.get("n4_config"), Mapping):
+            data["n4_config"] = N4Config(**data["n4_config"])
+        if isinstance(data.get("registration"), Mapping):
+            data["registration"] = RegistrationConfig(**data["registration"])
+        return cls(**data)
+
+    def fingerprint(self) -> str:
+        """Short hash of the settings; a finished case is redone when it changes."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Case:
+    """One case's input files.
+
+    Args:
+        case_id: a file-name-safe identifier (letters, digits, ``._+-``).
+        images: modality name -> file (or DICOM folder), in channel order.
+        label: optional label map on the reference modality's grid.
+        channels: modality name -> channel of a 4D file (MSD images); absent for 3D files.
+        fold: cross-validation fold, carried to the output datalist.
+        extra: other keys of the input datalist entry (``patient_id`` ...), carried along.
+    """
+
+    case_id: str
+    images: dict[str, str]
+    label: str | None = None
+    channels: dict[str, int] = field(default_factory=dict)
+    fold: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, task: str | None = None, reference: str | None = None) -> None:
+        """Check the id, the modality names (against ``task``) and that ``reference`` is one of them.
+
+        Raises:
+            ValueError: naming the case and the problem (missing or unknown modality ...).
+        """
+        if not isinstance(self.case_id, str) or not _SAFE_ID.fullmatch(self.case_id):
+            raise ValueError(f"case id {self.case_id!r} is not a safe file name (letters, digits, '._+-')")
+        if not self.images:
+            raise ValueError(f"case {self.case_id}: no images")
+        names = list(self.images)
+        if task is not None:
+            from brats_pipeline.constants import get_task
+
+            expected = list(get_task(task).modality_names)
+            missing = [m for m in expected if m not in names]
+            unknown = [m for m in names if m not in expected]
+            if missing or unknown:
+                parts = []
+                if missing:
+                    parts.append(f"missing modalities {missing}")
+                if unknown:
+                    parts.append(f"unknown modalities {unknown}")
+                raise ValueError(
+                    f"case {self.case_id}: {' and '.join(parts)} for task {get_task(task).name!r}, "
+                    f"which needs {expected}"
+                )
+        if reference is not None and reference not in self.images:
+            raise ValueError(f"case {self.case_id}: reference modality {reference!r} is not among its modalities {names}")
+
+    def ordered(self, task: str | None) -> list[str]:
+        """Modality names in the task's channel order (or the given order without a task)."""
+        if task is None:
+            return list(self.images)
+        from brats_pipeline.constants import get_task
+
+        return [m for m in get_task(task).modality_names if m in self.images]
+
+    def inputs_record(self) -> dict[str, Any]:
+        return {"images": {k: str(v) for k, v in self.images.items()}, "channels": dict(self.channels), "label": self.label}
+
+
+@dataclass
+class CaseResult:
+    """What :func:`preprocess_case` produced.
+
+    Attributes:
+        case_id: the case.
+        images: modality -> preprocessed image (``sitkFloat32``), on one grid.
+        label: label on that grid (``sitkUInt8``) or ``None``.
+        mask: foreground mask on that grid.
+        record: the sidecar content (steps, parameters, timings, outputs).
+        outputs: modality (and ``"label"``) -> written file, when an output folder was given.
+        sidecar: the sidecar file, when written.
+        seconds: wall time.
+    """
+
+    case_id: str
+    images: dict[str, Any]
+    label: Any | None
+    mask: Any
+    record: dict[str, Any]
+    outputs: dict[str, Path] = field(default_factory=dict)
+    sidecar: Path | None = None
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------ outputs
+def output_paths(case: Case, out_dir: str | os.PathLike, task: str | None = None) -> dict[str, Path]:
+    """Files a case is written to: modality -> ``OUT/<id>/<id><sep><modality>.nii.gz``, ``"label"`` -> ``..<sep>seg``."""
+    separator, label_suffix = "_", "seg"
+    if task is not None:
+        from brats_pipeline.constants import get_task
+
+        t = get_task(task)
+        separator, label_suffix = t.separator, t.label_suffixes[0]
+    folder = Path(out_dir) / case.case_id
+    paths = {m: folder / f"{case.case_id}{separator}{m}.nii.gz" for m in case.ordered(task)}
+    if case.label is not None:
+        paths["label"] = folder / f"{case.case_id}{separator}{label_suffix}.nii.gz"
+    return paths
+
+
+def sidecar_path(out_dir: str | os.PathLike, case_id: str) -> Path:
+    """``OUT/<case_id>/<case_id>_preprocess.json``."""
+    return Path(out_dir) / case_id / f"{case_id}{SIDECAR_SUFFIX}"
+
+
+def finished_record(
+    out_dir: str | os.PathLike, case: Case, config: PreprocessConfig | None = None
+) -> dict[str, Any] | None:
+    """The sidecar of a finished case, or ``None`` if the case must be (re)done.
+
+    A case is finished when its sidecar parses, says ``"status": "ok"``, was made from the same
+    inputs (and, if ``config`` is given, the same settings), and every output it lists exists.
+    """
+    path = sidecar_path(out_dir, case.case_id)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("status") != "ok" or record.get("inputs") != json.loads(json.dumps(case.inputs_record())):
+        return None
+    if config is not None and record.get("config_fingerprint") != config.fingerprint():
+        return None
+    outputs = record.get("outputs", {})
+    if not outputs:
+        return None
+    for name in outputs.values():
+        file = path.parent / name
+        if not file.is_file() or file.stat().st_size == 0:
+            return None
+    return record
+
+
+# ----------------------------------------------------------------------------------- the steps
+def _read_case(case: Case, config: PreprocessConfig) -> tuple[dict[str, Any], Any | None]:
+    import SimpleITK as sitk
+
+    images = {}
+    for name in case.ordered(config.task):
+        images[name] = read_image(case.images[name], channel=case.channels.get(name))
+    label = None
+    if case.label is not None:
+        label = read_label(case.label)
+        reference = images[config.reference]
+        check_same_grid(
+            {config.reference: reference, "label": label},
+            {config.reference: str(case.images[config.reference]), "label": str(case.label)},
+        )
+        if config.task is not None:
+            from brats_pipeline.constants import get_task
+
+            try:
+                get_task(config.task).check_labels(sitk.GetArrayViewFromImage(label))
+            except ValueError as exc:
+                raise ImageFileError(case.label, str(exc).split(": ", 1)[-1]) from None
+    return images, label
+
+
+def preprocess_case(
+    case: Case | Mapping[str, Any],
+    config: PreprocessConfig | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> CaseResult:
+    """Run the ITK stage on one case (module docstring for the steps).
+
+    Args:
+        case: a :class:`Case`, or a mapping with ``case_id``, ``images`` (modality -> path)
+            and optionally ``label``, ``channels``, ``fold``.
+        config: settings (:class:`PreprocessConfig` defaults if ``None``).
+        out_dir: output root; ``None`` returns the images without writing anything.
+
+    Returns:
+        :class:`CaseResult`.
+
+    Raises:
+        ValueError: bad case description (unknown/missing modality, unsafe id, reference
+            not among the modalities).
+        ImageFileError: a bad input file, naming it (unreadable, truncated, not 3D, NaN,
+            constant, label grid or values wrong).
+        RuntimeError: registration failed.
+    """
+    import SimpleITK as sitk
+
+    from preprocessing.n4 import n4_bias_correct
+    from preprocessing.normalize import foreground_mask, normalize_images, resolve_mask_method
+    from preprocessing.register import register_to_reference
+    from preprocessing.resample import make_reference_grid, orientation_of, reorient, resample_to_grid
+
+    start = time.perf_counter()
+    config = config or PreprocessConfig()
+    if not isinstance(case, Case):
+        case = Case(**dict(case))
+    case.validate(config.task, config.reference)
+    ref = config.reference
+    steps: list[dict[str, Any]] = []
+
+    def step(name: str, t0: float, **info: Any) -> None:
+        steps.append({"step": name, "seconds": round(time.perf_counter() - t0, 3), **info})
+
+    t0 = time.perf_counter()
+    images, label = _read_case(case, config)
+    step(
+        "read",
+        t0,
+        inputs={
+            m: {"size_xyz": list(im.GetSize()), "spacing_mm": [round(s, 4) for s in im.GetSpacing()], "orientation": orientation_of(im)}
+            for m, im in images.items()
+        },
+    )
+
+    if config.orientation is not None:
+        t0 = time.perf_counter()
+        images = {m: reorient(im, config.orientation) for m, im in images.items()}
+        label = None if label is None else reorient(label, config.orientation)
+        step("reorient", t0, orientation=config.orientation)
+
+    t0 = time.perf_counter()
+    method = resolve_mask_method(images[ref], config.mask_method)
+    mask = foreground_mask(images[ref], method)
+    step("mask", t0, method=method, source=ref)
+
+    if config.n4:
+        t0 = time.perf_counter()
+        per_modality = {}
+        for m, im in images.items():
+            result = n4_bias_correct(im, mask if m == ref else foreground_mask(im, method), config.n4_config)
+            images[m] = result.corrected
+            per_modality[m] = result.record()
+        step("n4", t0, parameters=config.n4_config.to_dict(), modalities=per_modality)
+
+    transforms: dict[str, Any] = {}
+    if config.register:
+        t0 = time.perf_counter()
+        per_modality = {}
+        for m, im in images.items():
+            if m == ref:
+                continue
+            result = register_to_reference(im, images[ref], config.registration, fixed_mask=mask)
+            transforms[m] = result.transform
+            per_modality[m] = result.record()
+        step("register", t0, reference=ref, parameters=config.registration.to_dict(), modalities=per_modality)
+
+    t0 = time.perf_counter()
+    grid = images[ref] if config.spacing is None else make_reference_grid(images[ref], config.spacing)
+    images = {
+        m: resample_to_grid(im, grid, transforms.get(m), config.image_interpolator) for m, im in images.items()
+    }
+    mask = resample_to_grid(mask, grid, None, "nearest")
+    if label is not None:
+        label = resample_to_grid(label, grid, None, config.label_interpolator)
+    step(
+        "resample",
+        t0,
+        spacing_mm=None if config.spacing is None else list(config.spacing),
+        size_xyz=list(grid.GetSize()),
+        image_interpolator=config.image_interpolator,
+        label_interpolator=config.label_interpolator,
+    )
+
+    if config.normalize:
+        t0 = time.perf_counter()
+        images, label, mask, record = normalize_images(
+            images, mask, config.crop_margin, config.clip_percentiles, label=label
+        )
+        step("normalize", t0, **record)
+    images = {m: sitk.Cast(im, sitk.sitkFloat32) for m, im in images.items()}
+    if label is not None:
+        label = sitk.Cast(label, sitk.sitkUInt8)
+
+    reference = next(iter(images.values()))
+    record: dict[str, Any] = {
+        "case_id": case.case_id,
+        "status": "ok",
+        "fold": case.fold,
+        "inputs": case.inputs_record(),
+        "config": config.to_dict(),
+        "config_fingerprint": config.fingerprint(),
+        "output_grid": {
+            "size_xyz": list(reference.GetSize()),
+            "spacing_mm": list(reference.GetSpacing()),
+            "origin_lps_mm": list(reference.GetOrigin()),
+            "direction_lps": list(reference.GetDirection()),
+            "orientation": orientation_of(reference),
+        },
+        "steps": steps,
+        "versions": _versions(),
+    }
+    result = CaseResult(case.case_id, images, label, mask, record)
+    if out_dir is not None:
+        _write_outputs(case, config, result, Path(out_dir), start)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _write_outputs(case: Case, config: PreprocessConfig, result: CaseResult, out_dir: Path, start: float) -> None:
+    """Write images, label, then the sidecar; on any error remove what this call wrote."""
+    paths = output_paths(case, out_dir, config.task)
+    sidecar = sidecar_path(out_dir, case.case_id)
+    folder = sidecar.parent
+    existed = folder.exists()
+    written: list[Path] = []
+    try:
+        sidecar.unlink(missing_ok=True)  # the case is unfinished from here until the new sidecar lands
+        for name, path in paths.items():
+            image = result.label if name == "label" else result.images[name]
+            write_image(image, path)
+            written.append(path)
+        result.record["outputs"] = {name: path.name for name, path in paths.items()}
+        result.record["seconds"] = round(time.perf_counter() - start, 3)
+        write_json(result.record, sidecar)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    result.outputs = paths
+    result.sidecar = sidecar
+
+
+def _versions() -> dict[str, str]:
+    import SimpleITK as sitk
+
+    versions = {"SimpleITK": sitk.Version_VersionString()}
+    try:
+        from importlib.metadata import version
+
+        versions["brats-pipeline"] = version("brats-pipeline")
+    except Exception:  # not installed as a distribution (e.g. run from a source tree)
+        pass
+    return versions
+
+
+def case_from_entry(entry: Mapping[str, Any], modalities: Sequence[str]) -> Case:
+    """A :class:`Case` from a datalist entry (``case_id``, ``image`` list or one 4D path, ``label``, ``fold``).
+
+    Args:
+        entry: one item of a datalist's ``training`` or ``testing`` list.
+        modalities: the datalist's modality names in channel order.
+
+    Raises:
+        ValueError: the entry has no id, or its number of images does not match ``modalities``.
+    """
+    case_id = entry.get("case_id")
+    image = entry.get("image")
+    if not case_id:
+        raise ValueError(f"datalist entry without case_id: {dict(entry)}")
+    if isinstance(image, (str, os.PathLike)):
+        image = [image]
+    if not image:
+        raise ValueError(f"case {case_id}: datalist entry has no image")
+    modalities = list(modalities)
+    if len(image) == 1 and len(modalities) > 1:  # one 4D file, channels in modality order
+        images = {m: str(image[0]) for m in modalities}
+        channels = {m: i for i, m in enumerate(modalities)}
+    elif len(image) == len(modalities):
+        images = {m: str(p) for m, p in zip(modalities, image)}
+        channels = {}
+    else:
+        raise ValueError(
+            f"case {case_id}: {len(image)} image files for {len(modalities)} modalities {modalities} "
+            "(missing modality?)"
+        )
+    fold = entry.get("fold")
+    extra = {k: v for k, v in entry.items() if k not in ("case_id", "image", "label", "fold")}
+    return Case(str(case_id), images, entry.get("label"), channels, None if fold is None else int(fold), extra)
