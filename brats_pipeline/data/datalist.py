@@ -188,7 +188,7 @@ def load_datalist(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: datalist not found")
     try:
-        datalist = json.loads(path.read_text())
+        datalist = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not a valid JSON datalist ({exc})") from exc
     if not isinstance(datalist, dict) or "task" not in datalist or "training" not in datalist:
