@@ -327,7 +327,7 @@ def write_output_datalist(
 def _previous_entries(path: Path, key: str, exclude: set[str]) -> list[dict[str, Any]]:
     """Entries of an existing output datalist for other cases whose outputs are all still there."""
     try:
-        previous = json.loads(path.read_text())
+        previous = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     keep = []

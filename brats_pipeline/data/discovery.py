@@ -133,7 +133,7 @@ def _discover_msd(root: Path, task: Task) -> list[CaseRecord]:
     if not dataset_json.is_file():
         return []
     try:
-        meta = json.loads(dataset_json.read_text())
+        meta = json.loads(dataset_json.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{dataset_json}: not valid JSON ({exc})") from exc
     channels = meta.get("modality", {})
