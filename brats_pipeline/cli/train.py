@@ -38,11 +38,12 @@ class TrainingCurves(Callback):
         self.history.append(row)
 
     def on_fit_end(self, trainer: Trainer, pl_module: Any) -> None:
+        log_dir = trainer.log_dir  # every rank must ask: it broadcasts under DDP
         if not trainer.is_global_zero or not self.history:
             return
         from brats_pipeline.viz import plot_training_curves
 
-        out = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        out = Path(log_dir or trainer.default_root_dir) / self.filename
         plot_training_curves(self.history, out)
 
 
@@ -54,7 +55,9 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self) -> None:
-        super().__init__(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+        super().__init__(
+            filename="last", monitor=None, save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True
+        )
 
 
 class BratsCLI(LightningCLI):
