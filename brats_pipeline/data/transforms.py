@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from monai.transforms import MapTransform
 
 from brats_pipeline.constants import Task, get_task
 
@@ -69,14 +70,15 @@ class AugmentationConfig:
         return cls(**dict(value))
 
 
-class LabelsToRegionsd:
+class LabelsToRegionsd(MapTransform):
     """Label map (1×X×Y×Z, the task's values) -> region channels (R×X×Y×Z float32).
 
-    Unknown label values raise ``ValueError`` naming the source file.
+    Unknown label values raise ``ValueError`` naming the source file. A MONAI ``MapTransform``,
+    so ``CacheDataset`` caches through it.
     """
 
     def __init__(self, keys: str | Sequence[str], task: str | Task) -> None:
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        super().__init__(keys)
         self.task = get_task(task)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -103,11 +105,11 @@ def _source_name(value: Any, key: Hashable) -> str:
     return str(meta.get("filename_or_obj", key))
 
 
-class CheckFinited:
+class CheckFinited(MapTransform):
     """Fail with the file's name when an image holds NaN/Inf voxels (after loading)."""
 
     def __init__(self, keys: str | Sequence[str]) -> None:
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        super().__init__(keys)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
         import torch
