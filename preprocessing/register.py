@@ -44,6 +44,11 @@ class RegistrationConfig:
             ends when the step is 1/1000 of its first one.
         shrink_factors: per level, from coarse to fine.
         smoothing_sigmas_mm: Gaussian smoothing per level (mm).
+        min_samples: at least this many fixed voxels are sampled per iteration at every level
+            (the percentage is raised on small, coarse levels, where 20 % of a few thousand voxels
+            would make the metric too noisy to follow).
+        min_level_size: a level is never shrunk below this many voxels along an axis (a 64-voxel
+            image is shrunk by at most 2, not 8).
         seed: random sampling seed (reproducible results).
     """
 
@@ -56,6 +61,8 @@ class RegistrationConfig:
     relaxation: float = 0.8
     shrink_factors: tuple[int, ...] = (8, 4, 2, 1)
     smoothing_sigmas_mm: tuple[float, ...] = (8.0, 4.0, 2.0, 0.0)
+    min_samples: int = 20000
+    min_level_size: int = 32
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -150,14 +157,25 @@ def initial_transform(fixed: Any, moving: Any, initialization: str = "header") -
     return sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), mode[initialization])
 
 
-def _method(config: RegistrationConfig, fixed_mask: Any | None, max_step_mm: float) -> Any:
+def _sampling_percentage(config: RegistrationConfig, level_fixed: Any, level_mask: Any | None) -> float:
+    """The configured percentage, raised so that at least ``config.min_samples`` voxels are drawn."""
+    import SimpleITK as sitk
+
+    if level_mask is not None:
+        voxels = int(sitk.GetArrayViewFromImage(level_mask).astype(bool).sum())
+    else:
+        voxels = int(np.prod(level_fixed.GetSize()))
+    return float(min(1.0, max(config.sampling_percentage, config.min_samples / max(voxels, 1))))
+
+
+def _method(config: RegistrationConfig, fixed_mask: Any | None, max_step_mm: float, sampling: float) -> Any:
     """One resolution level: Mattes MI, regular-step gradient descent, physical-shift scales."""
     import SimpleITK as sitk
 
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.histogram_bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(config.sampling_percentage, config.seed)
+    method.SetMetricSamplingPercentage(sampling, config.seed)
     if fixed_mask is not None:
         method.SetMetricFixedMask(fixed_mask)
     method.SetInterpolator(sitk.sitkLinear)
@@ -172,17 +190,24 @@ def _method(config: RegistrationConfig, fixed_mask: Any | None, max_step_mm: flo
     return method
 
 
-def pyramid_level(image: Any, shrink: int, sigma_mm: float, is_mask: bool = False) -> Any:
-    """``image`` smoothed by ``sigma_mm`` and shrunk by up to ``shrink`` per axis (spacing-aware).
+def level_factors(image: Any, shrink: int, min_level_size: int = 1) -> tuple[int, int, int]:
+    """Per-axis shrink factors of one pyramid level.
 
-    Axes are shrunk like in :func:`preprocessing.n4.shrink_factors`: 5.5 mm slices of a
-    0.9 mm in-plane scan are not thinned out when the in-plane axes are shrunk by 4.
+    Spacing-aware like :func:`preprocessing.n4.shrink_factors` (5.5 mm slices of a 0.9 mm
+    in-plane scan are not thinned out when the in-plane axes are shrunk by 4), and no axis is
+    shrunk below ``min_level_size`` voxels (a 64-voxel axis is shrunk by 2, not 8).
     """
-    import SimpleITK as sitk
-
     from preprocessing.n4 import shrink_factors
 
     factors = shrink_factors(image.GetSpacing(), shrink)
+    return tuple(max(1, min(f, n // max(int(min_level_size), 1))) for f, n in zip(factors, image.GetSize()))  # type: ignore[return-value]
+
+
+def pyramid_level(image: Any, shrink: int, sigma_mm: float, is_mask: bool = False, min_level_size: int = 1) -> Any:
+    """``image`` smoothed by ``sigma_mm`` and shrunk by the factors of :func:`level_factors`."""
+    import SimpleITK as sitk
+
+    factors = level_factors(image, shrink, min_level_size)
     if not is_mask and sigma_mm > 0:
         variance = [float(max(sigma_mm**2 - (s / 2.0) ** 2, 0.0)) for s in image.GetSpacing()]
         image = sitk.DiscreteGaussian(image, variance, 32, 0.01, True)
@@ -192,12 +217,15 @@ def pyramid_level(image: Any, shrink: int, sigma_mm: float, is_mask: bool = Fals
 def _run_levels(fixed: Any, moving: Any, transform: Any, config: RegistrationConfig, fixed_mask: Any | None) -> str:
     """Optimise ``transform`` in place from the coarsest to the finest level; return the last stop condition."""
     stop = ""
-    for shrink, sigma in zip(config.shrink_factors, config.smoothing_sigmas_mm):
-        level_fixed = pyramid_level(fixed, shrink, sigma)
-        level_moving = pyramid_level(moving, shrink, sigma)
-        level_mask = None if fixed_mask is None else pyramid_level(fixed_mask, shrink, 0.0, is_mask=True)
+    for requested, sigma in zip(config.shrink_factors, config.smoothing_sigmas_mm):
+        shrink = max(level_factors(fixed, requested, config.min_level_size))
+        level_fixed = pyramid_level(fixed, requested, sigma, min_level_size=config.min_level_size)
+        level_moving = pyramid_level(moving, requested, sigma, min_level_size=config.min_level_size)
+        level_mask = None
+        if fixed_mask is not None:
+            level_mask = pyramid_level(fixed_mask, requested, 0.0, is_mask=True, min_level_size=config.min_level_size)
         max_step = config.max_step_mm * shrink  # mm; shrinks by `relaxation` each time the gradient turns back
-        method = _method(config, level_mask, max_step)
+        method = _method(config, level_mask, max_step, _sampling_percentage(config, level_fixed, level_mask))
         method.SetInitialTransform(transform, inPlace=True)
         method.Execute(level_fixed, level_moving)
         stop = f"level shrink {shrink}: {method.GetOptimizerStopConditionDescription()}"

@@ -14,6 +14,7 @@ from preprocessing.pipeline import Case, PreprocessConfig, preprocess_case
 from preprocessing.register import (
     RegistrationConfig,
     image_centre,
+    level_factors,
     mutual_information,
     register_to_reference,
 )
@@ -41,15 +42,17 @@ def test_known_rigid_motion_is_recovered_within_a_voxel(phantom, rotation_deg, t
     truth.SetTranslation(translation_mm)
     # moving(p) = t2(truth^-1(p)): the registration must find truth (fixed space -> moving space)
     moving = resample_to_grid(array_to_sitk_ras(phantom.images["t2"], phantom.affine), fixed, truth.GetInverse(), "linear")
-    result = register_to_reference(moving, fixed)
-
     brain = np.argwhere(phantom.tissue >= GM)[::200]
     points = [fixed.TransformContinuousIndexToPhysicalPoint([float(v) for v in p]) for p in brain]
-    errors = [np.linalg.norm(np.subtract(result.transform.TransformPoint(p), truth.TransformPoint(p))) for p in points]
     initial = [np.linalg.norm(np.subtract(p, truth.TransformPoint(p))) for p in points]
     assert min(initial) > 3.0  # the motion was real: more than a voxel everywhere
-    assert max(errors) < SPACING, f"max error {max(errors):.2f} mm"
-    assert result.metric_final < result.metric_initial
+
+    # every sampling seed (and ITK's thread count, which changes the sums) must land within a voxel
+    for seed in (0, 1, 2):
+        result = register_to_reference(moving, fixed, RegistrationConfig(seed=seed))
+        errors = [np.linalg.norm(np.subtract(result.transform.TransformPoint(p), truth.TransformPoint(p))) for p in points]
+        assert max(errors) < SPACING / 2, f"seed {seed}: max error {max(errors):.2f} mm"
+        assert result.metric_final < result.metric_initial
     record = result.record()
     assert record["transform"]["name"] == "Euler3DTransform" and len(record["transform"]["parameters"]) == 6
 
@@ -67,6 +70,14 @@ def test_affine_option_returns_an_affine_transform(phantom) -> None:
     assert result.metric_final < result.metric_initial
     matrix = np.asarray(result.transform.GetMatrix()).reshape(3, 3)
     assert abs(matrix[0, 0] - 1.0) > 0.02  # a scaling a rigid transform could not express was found
+
+
+def test_pyramid_keeps_small_and_thick_axes(phantom) -> None:
+    small = array_to_sitk_ras(phantom.images["t1c"], phantom.affine)  # 64 x 64 x 56 at 2 mm
+    assert level_factors(small, 8, min_level_size=32) == (2, 2, 1)
+    thick = sitk.Image([256, 224, 26], sitk.sitkFloat32)
+    thick.SetSpacing((0.9, 0.9, 5.5))
+    assert level_factors(thick, 4, min_level_size=32) == (4, 4, 1)
 
 
 @pytest.mark.parametrize(
