@@ -177,6 +177,7 @@ def normalize_images(
     crop_margin: int | Sequence[int] | None = 5,
     clip_percentiles: Sequence[float] | None = None,
     label: Any | None = None,
+    coverage: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Any | None, Any, dict[str, Any]]:
     """Crop every image (and the label) to the mask's bounding box, then z-score each in the mask.
 
@@ -186,22 +187,35 @@ def normalize_images(
         crop_margin: voxels added around the bounding box (x, y, z or one int); ``None``: no crop.
         clip_percentiles: see :func:`zscore`.
         label: optional label map on the same grid, cropped like the images.
+        coverage: name -> binary map of where that image has data (its field of view after
+            registration); an image is normalised in ``mask & coverage`` and is 0 outside it,
+            so voxels a sequence never imaged neither bias its statistics nor look like tissue.
 
     Returns:
         ``(images, label, mask, record)``: the normalised images, cropped label, cropped mask and
         a JSON-ready record of the crop box and per-image statistics.
     """
+    import SimpleITK as sitk
+
+    coverage = dict(coverage or {})
     record: dict[str, Any] = {"crop_margin": crop_margin, "clip_percentiles": clip_percentiles}
     if crop_margin is not None:
         index, size = bounding_box(mask, crop_margin)
         record["crop_index_xyz"], record["crop_size_xyz"] = list(index), list(size)
         mask = crop(mask, index, size)
         images = {name: crop(image, index, size) for name, image in images.items()}
+        coverage = {name: crop(c, index, size) for name, c in coverage.items()}
         label = None if label is None else crop(label, index, size)
     out: dict[str, Any] = {}
     stats: dict[str, Any] = {}
     for name, image in images.items():
-        out[name], s = zscore(image, mask, clip_percentiles)
+        where = mask
+        if name in coverage:
+            where = sitk.And(sitk.Cast(mask, sitk.sitkUInt8), sitk.Cast(coverage[name], sitk.sitkUInt8))
+        out[name], s = zscore(image, where, clip_percentiles)
         stats[name] = s.__dict__
+        if name in coverage:
+            inside = sitk.GetArrayViewFromImage(mask).astype(bool)
+            stats[name]["mask_coverage"] = round(float(sitk.GetArrayViewFromImage(where)[inside].mean()), 4)
     record["stats"] = stats
     return out, label, mask, record

@@ -15,7 +15,9 @@ over many cases. The steps, in order (each switchable in :class:`PreprocessConfi
    ``spacing`` (one interpolation per image: registration transform and resampling together;
    B-spline for images, nearest neighbour for the label and mask);
 7. **normalise**: crop all volumes to the mask's bounding box plus ``crop_margin`` voxels,
-   z-score each modality inside the mask, optional percentile clipping, zero outside the mask;
+   z-score each modality inside the mask (and inside its own field of view, once registered:
+   a sequence that covers fewer slices than the reference is 0 where it has no data),
+   optional percentile clipping, zero outside;
 8. **write** ``OUT/<case_id>/<case_id><sep><modality>.nii.gz`` (float32),
    ``<case_id><sep><label suffix>.nii.gz`` (uint8) and the JSON sidecar
    ``<case_id>_preprocess.json`` *last*: a case is finished exactly when its sidecar exists
@@ -375,6 +377,9 @@ def preprocess_case(
 
     t0 = time.perf_counter()
     grid = images[ref] if config.spacing is None else make_reference_grid(images[ref], config.spacing)
+    coverage = {  # where each registered modality has data on the output grid
+        m: resample_to_grid(_ones_like(images[m]), grid, transforms[m], "nearest") for m in transforms
+    }
     images = {
         m: resample_to_grid(im, grid, transforms.get(m), config.image_interpolator) for m, im in images.items()
     }
@@ -393,7 +398,7 @@ def preprocess_case(
     if config.normalize:
         t0 = time.perf_counter()
         images, label, mask, record = normalize_images(
-            images, mask, config.crop_margin, config.clip_percentiles, label=label
+            images, mask, config.crop_margin, config.clip_percentiles, label=label, coverage=coverage
         )
         step("normalize", t0, **record)
     images = {m: sitk.Cast(im, sitk.sitkFloat32) for m, im in images.items()}
@@ -423,6 +428,15 @@ def preprocess_case(
         _write_outputs(case, config, result, Path(out_dir), start)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _ones_like(image: Any) -> Any:
+    """An all-ones ``sitkUInt8`` image on ``image``'s grid (to map its field of view)."""
+    import SimpleITK as sitk
+
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    return ones
 
 
 def _write_outputs(case: Case, config: PreprocessConfig, result: CaseResult, out_dir: Path, start: float) -> None:

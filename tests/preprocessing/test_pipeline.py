@@ -255,3 +255,20 @@ def test_config_round_trip_and_fingerprint() -> None:
 def test_datalist_entry_with_wrong_number_of_images() -> None:
     with pytest.raises(ValueError, match=r"case c1: 3 image files for 4 modalities"):
         case_from_entry({"case_id": "c1", "image": ["a", "b", "c"]}, ["t1c", "t1", "t2", "flair"])
+
+
+def test_voxels_a_sequence_never_imaged_are_zero(one_case: Path, fast_config: PreprocessConfig) -> None:
+    """A T2 slab covering half the reference's slices: the rest is 0, not a z-scored fake intensity."""
+    case = _case(one_case)
+    t2 = nib.load(case.images["t2"])
+    affine = t2.affine.copy()
+    affine[:3, 3] += affine[:3, :3] @ np.array([0, 0, 10])  # keep slices 10..29 where they were
+    nib.save(nib.Nifti1Image(np.asarray(t2.dataobj)[:, :, 10:30], affine), case.images["t2"])
+    result = preprocess_case(case, replace(fast_config, crop_margin=None))
+    stats = next(s for s in result.record["steps"] if s["step"] == "normalize")["stats"]
+    assert 0.3 < stats["t2"]["mask_coverage"] < 0.8 and stats["t1"]["mask_coverage"] > 0.99
+    values = sitk_to_array(result.images["t2"])
+    inside = sitk_to_array(result.mask).astype(bool)
+    covered = values[inside] != 0
+    assert 0.3 < covered.mean() < 0.8  # the uncovered part of the head is exactly 0
+    assert values[inside][covered].mean() == pytest.approx(0.0, abs=0.05)
