@@ -1,0 +1,121 @@
+"""``brats-evaluate``: per-case, per-region metrics of predicted label maps, summaries and the HTML report.
+
+Examples::
+
+    brats-evaluate --pred preds --truth demo_data/datalist.json -o eval
+    brats-evaluate --pred preds --truth brats21.json --task brats2021 -o eval --report --workers 4
+
+Writes ``OUT/metrics.csv``, ``OUT/summary.json``, ``OUT/summary.md`` and, with ``--report``,
+``OUT/report.html`` + ``OUT/figures/``. Exit status 0 when every truth case had a prediction
+and was evaluated, 1 otherwise (the rest are still evaluated), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="brats-evaluate", description="Evaluate predicted label maps against a datalist's labels.")
+    p.add_argument("--pred", required=True, help="folder of <case_id>.nii.gz predictions (brats-infer output)")
+    p.add_argument("--truth", required=True, help="datalist JSON whose entries have 'label'")
+    p.add_argument("--task", help="task (default: the datalist's)")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--fold", type=int, help="only training entries of this fold")
+    p.add_argument("--empty-hd95", type=float, help="HD95 (mm) when exactly one of prediction/truth is empty (default 373.13)")
+    p.add_argument("--workers", type=int, default=1, help="cases evaluated concurrently (threads)")
+    p.add_argument("--allow-missing", action="store_true", help="exit 0 even if some cases have no prediction")
+    p.add_argument("--report", action="store_true", help="also write report.html with figures")
+    p.add_argument("--max-figures", type=int, default=50, help="cases with figures in the report, worst first (default 50)")
+    p.add_argument("--no-surfaces", action="store_true", help="no 3D surface renderings in the report")
+    p.add_argument("--embed-images", action="store_true", help="embed the report's images (one self-contained HTML file)")
+    p.add_argument("--training-curves", help="PNG of training curves to include in the report")
+    p.add_argument("--title", default=None, help="report title")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def background_image(entry: dict[str, Any], task: Any) -> str:
+    """The image file shown behind overlays: FLAIR if the task has it, else the first modality."""
+    image = entry["image"]
+    files = [image] if isinstance(image, str) else list(image)
+    if len(files) == 1:
+        return files[0]
+    contrasts = [m.contrast for m in task.modalities]
+    return files[contrasts.index("flair")] if "flair" in contrasts else files[0]
+
+
+def make_report(
+    result: Any,
+    entries: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    max_figures: int = 50,
+    surfaces: bool = True,
+    training_curves: str | Path | None = None,
+    title: str | None = None,
+    notes: Sequence[str] = (),
+    embed: bool = False,
+) -> Path:
+    """Figures for the worst ``max_figures`` cases and ``report.html`` for an :class:`EvaluationResult`."""
+    from brats_pipeline.viz import case_figures, write_report
+
+    task = result.task
+    by_id = {str(e["case_id"]): e for e in entries}
+    outer = max(task.regions, key=lambda r: len(r.labels)).name
+    ordered = sorted(result.per_case, key=lambda c: result.per_case[c][outer]["dice"])[: max(0, max_figures)]
+    figures_dir = Path(out_dir) / "figures"
+    images: dict[str, list[Path]] = {}
+    for cid in ordered:
+        entry = by_id.get(cid)
+        if entry is None or "image" not in entry:
+            continue
+        images[cid] = case_figures(cid, background_image(entry, task), result.pred_paths[cid], result.truth_paths[cid],
+                                   task, figures_dir, surfaces=surfaces)
+    return write_report(
+        out_dir, result.per_case, result.summary(), task, images, training_curves,
+        title=title or f"{task.name} segmentation report", notes=notes, missing=result.missing, failed=result.failed, embed=embed,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``brats-evaluate``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from brats_pipeline.constants import get_task
+    from brats_pipeline.data.datalist import load_datalist
+    from brats_pipeline.evaluation import evaluate_folder, summary_markdown, truth_entries, write_evaluation
+    from brats_pipeline.metrics import BRATS_EMPTY_HD95
+
+    try:
+        datalist = load_datalist(args.truth)
+        task = get_task(args.task or datalist["task"])
+        entries = truth_entries(datalist)
+        if args.fold is not None:
+            entries = [e for e in entries if e.get("fold") == args.fold]
+        if not entries:
+            raise ValueError(f"{args.truth}: no entries with a label to evaluate against")
+        result = evaluate_folder(args.pred, entries, task, BRATS_EMPTY_HD95 if args.empty_hd95 is None else args.empty_hd95,
+                                 workers=args.workers, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"brats-evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    paths = write_evaluation(result, args.out)
+    print(summary_markdown(result.summary(), f"{task.name}: {len(result.per_case)} case(s)"))
+    if args.report and result.per_case:
+        report = make_report(result, entries, args.out, args.max_figures, not args.no_surfaces, args.training_curves,
+                             args.title, embed=args.embed_images)
+        print(f"report: {report}")
+    print(f"metrics: {paths['csv']}  summary: {paths['json']}, {paths['markdown']}")
+    for cid in result.missing:
+        print(f"  MISSING prediction for {cid}", file=sys.stderr)
+    for cid, why in result.failed.items():
+        print(f"  FAILED {cid}: {why}", file=sys.stderr)
+    bad = bool(result.failed) or (bool(result.missing) and not args.allow_missing)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""``brats-infer``: batch sliding-window inference into label NIfTIs in each input's own geometry.
+
+Examples::
+
+    brats-infer -i demo_data/datalist.json -o preds --checkpoint runs/x/last.ckpt
+    brats-infer -i /data/BraTS2021 --task brats2021 -o preds --checkpoint f0.ckpt f1.ckpt f2.ckpt --tta
+    brats-infer -i brats21.json -o preds --bundle bundles/brats_unet3d --shard $SLURM_ARRAY_TASK_ID/8
+
+Writes ``OUT/<case_id>.nii.gz`` (uint8, the task's labels), optionally
+``OUT/probabilities/<case_id>.nii.gz``, and ``OUT/manifest.json`` (per shard:
+``manifest.shard<I>of<N>.json``). Exit status 0 when every case succeeded (or was already
+done), 1 when any case failed (the others are still written), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("all", "training", "testing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="brats-infer",
+        description="Sliding-window inference over a datalist or a dataset folder; labels written in each input's geometry.",
+    )
+    p.add_argument("-i", "--input", required=True, help="datalist JSON (brats-datalist) or dataset folder in the task's layout")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", nargs="+", metavar="CKPT", help="Lightning checkpoint(s); several = an ensemble")
+    src.add_argument("--bundle", metavar="DIR", help="MONAI bundle folder (configs/inference.json + models/model.pt)")
+    src.add_argument("--weights", nargs="+", metavar="PT", help="plain state-dict file(s) of --network")
+    p.add_argument("--network", default="unet3d", help="registry network for --weights (default unet3d)")
+    p.add_argument("--network-kwargs", default="{}", help="JSON options of --network, e.g. '{\"features\": [8,16,32,64,128,16]}'")
+    p.add_argument("--task", help="task (needed for a dataset folder or --weights; default: the model's)")
+    p.add_argument("--split", choices=SPLITS, default="all", help="datalist entries to predict (default all)")
+    p.add_argument("--fold", type=int, help="only training entries of this fold (e.g. a validation fold)")
+    p.add_argument("--tta", action="store_true", help="test-time mirroring on all three axes (8 passes per model)")
+    p.add_argument("--tta-axes", type=int, nargs="+", metavar="AXIS", help="mirror only these axes (0=x, 1=y, 2=z)")
+    p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size (default: the model's)")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the model's)")
+    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
+    p.add_argument("--blend", choices=("gaussian", "constant"), help="window blending (default: the model's)")
+    p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network(s)")
+    p.add_argument("--threshold", type=float, nargs="+", help="probability threshold, one or one per region (default 0.5)")
+    p.add_argument("--min-component", type=int, default=0, metavar="N", help="remove components smaller than N voxels")
+    p.add_argument("--keep-largest", action="store_true", help="keep only the largest whole-tumour component")
+    p.add_argument("--opening", type=int, default=0, metavar="R", help="binary opening radius (voxels)")
+    p.add_argument("--closing", type=int, default=0, metavar="R", help="binary closing radius (voxels)")
+    p.add_argument("--et-min-voxels", type=int, default=0, metavar="N", help="relabel ET smaller than N voxels as necrosis")
+    p.add_argument("--save-probabilities", action="store_true", help="also write OUT/probabilities/<case>.nii.gz")
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist (default: skip = resume)")
+    p.add_argument("--shard", metavar="I/N", help="only every N-th case starting at I (0 <= I < N), e.g. for SLURM arrays")
+    p.add_argument("--loader-threads", type=int, default=2, help="cases read ahead concurrently (default 2)")
+    p.add_argument("--writer-threads", type=int, default=2, help="cases written concurrently (default 2)")
+    p.add_argument("--read-threads", type=int, default=4, help="modality files decoded concurrently per case (default 4)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def load_cases(source: str | Path, task: Any, split: str = "all", fold: int | None = None) -> list[dict[str, Any]]:
+    """Cases to predict from a datalist JSON or a dataset folder.
+
+    Args:
+        source: datalist file, or folder in the task's layout (discovered without reading voxels;
+            cases with a missing file keep a ``problem`` and are reported as failed).
+        task: the task (for folder discovery).
+        split: ``all``, ``training`` or ``testing`` datalist entries.
+        fold: keep only training entries of this fold.
+    """
+    from brats_pipeline.data.datalist import load_datalist
+    from brats_pipeline.data.discovery import discover_cases
+
+    source = Path(source)
+    if source.is_dir():
+        records = discover_cases(source, task)
+        return [{"case_id": r.case_id, "image": r.image, "label": r.label, "problem": r.problem, "problem_file": r.problem_file}
+                for r in records]
+    datalist = load_datalist(source)
+    if fold is not None:
+        return [e for e in datalist.get("training", []) if e.get("fold") == fold]
+    keys = ("training", "testing") if split == "all" else (split,)
+    return [e for k in keys for e in datalist.get(k, [])]
+
+
+def _postprocess_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "min_component_voxels": args.min_component, "keep_largest": args.keep_largest,
+        "opening_radius": args.opening, "closing_radius": args.closing, "et_min_voxels": args.et_min_voxels,
+    }
+    if args.threshold:
+        opts["threshold"] = args.threshold[0] if len(args.threshold) == 1 else tuple(args.threshold)
+    return opts
+
+
+def build_predictor(args: argparse.Namespace) -> Any:
+    """The :class:`~brats_pipeline.inference.Predictor` the arguments describe."""
+    import json
+
+    from brats_pipeline.inference import Predictor
+
+    overrides: dict[str, Any] = {"postprocess": _postprocess_options(args), "amp": not args.no_amp,
+                                 "read_threads": args.read_threads, "compile": args.compile}
+    if args.tta or args.tta_axes:
+        overrides["tta_axes"] = tuple(args.tta_axes) if args.tta_axes else (0, 1, 2)
+    for name, value in (("roi_size", args.roi), ("overlap", args.overlap), ("sw_batch_size", args.sw_batch_size),
+                        ("blend_mode", args.blend)):
+        if value is not None:
+            overrides[name] = tuple(value) if name == "roi_size" else value
+    device = None if args.device == "auto" else args.device
+    if args.checkpoint:
+        if args.task:
+            overrides["task"] = args.task
+        return Predictor.from_checkpoint(args.checkpoint, device=device, **overrides)
+    if args.bundle:
+        if args.task:
+            overrides["task"] = args.task
+        return Predictor.from_bundle(args.bundle, device=device, **overrides)
+    if not args.task:
+        raise ValueError("--weights needs --task")
+    try:
+        kwargs = json.loads(args.network_kwargs)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--network-kwargs is not valid JSON: {exc}") from exc
+    return Predictor.from_state_dict(args.network, args.weights, args.task, network_kwargs=kwargs, device=device, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``brats-infer``; returns the exit status (0 all done, 1 some case failed, 2 bad arguments)."""
+    args = build_parser().parse_args(argv)
+    from brats_pipeline.inference.batch import parse_shard, select_shard
+
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+        predictor = build_predictor(args)
+        cases = load_cases(args.input, predictor.task, args.split, args.fold)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"brats-infer: error: {exc}", file=sys.stderr)
+        return 2
+    manifest = "manifest.json"
+    if shard is not None:
+        cases = select_shard(cases, *shard)
+        manifest = f"manifest.shard{shard[0]}of{shard[1]}.json"
+    if not cases:
+        print(f"brats-infer: error: no cases to predict in {args.input}", file=sys.stderr)
+        return 2
+    with predictor:
+        rows = predictor.predict_files(
+            cases, args.out, save_probabilities=args.save_probabilities, overwrite=args.overwrite, manifest_name=manifest,
+            loader_threads=args.loader_threads, writer_threads=args.writer_threads, progress=not args.no_progress,
+        )
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
+    print(f"brats-infer: {counts['ok']} predicted, {counts['skipped']} already done, {counts['failed']} failed "
+          f"-> {Path(args.out) / manifest}")
+    for row in rows:
+        if row["status"] == "failed":
+            print(f"  FAILED {row['case_id']}: {row['error']}", file=sys.stderr)
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Inference: the sliding-window :class:`Predictor`, batch runs, and post-processing.
+
+``from brats_pipeline.inference import Predictor, PostprocessConfig``; heavy modules (MONAI,
+scipy) are imported when first used.
+"""
+
+from __future__ import annotations
+
+from brats_pipeline.inference.postprocess import PostprocessConfig, postprocess
+from brats_pipeline.inference.predictor import CasePrediction, Predictor, load_state_dict_strict
+
+__all__ = ["CasePrediction", "PostprocessConfig", "Predictor", "load_state_dict_strict", "postprocess"]

@@ -1,0 +1,138 @@
+"""Reading one case for inference: modality files read in parallel, then the deterministic transforms.
+
+A case is a mapping with ``case_id`` and ``image`` (modality files in the task's channel
+order, or one 4D file with channels last as MSD ships it), like a datalist entry. Files are
+read with :func:`preprocessing.io.read_array` (checks: missing, truncated, not 3D/4D,
+NaN/Inf) on a thread pool — gzip decoding releases the GIL, so four modalities decode in
+about the time of one — and assembled into a ``C×X×Y×Z`` ``MetaTensor`` carrying the first
+file's affine, exactly as ``LoadImaged(ensure_channel_first=True)`` would. The remaining
+steps are :func:`brats_pipeline.data.transforms.deterministic_transforms` without its loading
+step, so inference sees what training saw, and ``Invertd`` can undo the spatial steps.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brats_pipeline.constants import Task, get_task
+
+
+class ParallelLoadImaged:
+    """Load ``image`` (list of 3D files, or one 4D file) as a ``C×X×Y×Z`` float32 ``MetaTensor``.
+
+    Not invertible (``Invertd`` stops at it, leaving the prediction on the files' voxel grid).
+
+    Args:
+        task: decides how many channels to expect.
+        executor: thread pool reading the modality files concurrently (``None``: one by one).
+        atol: tolerance (mm) when checking that all modalities share one affine.
+    """
+
+    def __init__(self, task: str | Task, executor: Executor | None = None, atol: float = 1e-3) -> None:
+        self.task = get_task(task)
+        self.executor = executor
+        self.atol = atol
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        import torch
+        from monai.data import MetaTensor
+
+        from preprocessing.io import ImageFileError, read_array
+
+        d = dict(data)
+        files = image_files(d)
+        n = len(self.task.modalities)
+        if len(files) == 1:
+            array, geometry = read_array(files[0], ndim=(3, 4))
+            if array.ndim == 3 and n == 1:
+                array = array[None]
+            elif array.ndim == 4 and array.shape[-1] == n:
+                array = np.moveaxis(array, -1, 0)
+            else:
+                raise ImageFileError(files[0], f"expected {n} modalities ({', '.join(self.task.modality_names)}) "
+                                     f"stacked on the last axis, got shape {array.shape}")
+            geometries = [geometry]
+        else:
+            if len(files) != n:
+                raise ValueError(f"case {d.get('case_id', '?')}: expected {n} modality files "
+                                 f"({', '.join(self.task.modality_names)}), got {len(files)}")
+            if self.executor is None:
+                results = [read_array(f) for f in files]
+            else:
+                results = list(self.executor.map(read_array, files))
+            geometries = [g for _, g in results]
+            ref = geometries[0]
+            for geo in geometries[1:]:
+                if geo.spatial_shape != ref.spatial_shape:
+                    raise ImageFileError(geo.path, f"shape {geo.spatial_shape} differs from {ref.path} {ref.spatial_shape}")
+                if not np.allclose(geo.affine, ref.affine, atol=self.atol):
+                    raise ImageFileError(geo.path, f"affine differs from {ref.path}: the modalities are not on one grid")
+            array = np.stack([a for a, _ in results])
+        ref = geometries[0]
+        affine = torch.as_tensor(ref.affine, dtype=torch.float64)
+        meta = {
+            "affine": affine,
+            "original_affine": affine.clone(),
+            "spatial_shape": np.asarray(ref.spatial_shape),
+            "original_channel_dim": 0,
+            "filename_or_obj": str(files[0]),
+            "space": "RAS",
+        }
+        d["image"] = MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), meta=meta)
+        return d
+
+
+def image_files(case: Mapping[Hashable, Any]) -> list[str]:
+    """The ``image`` file(s) of a case as a list of strings (errors name the case)."""
+    image = case.get("image")
+    if isinstance(image, (str, os.PathLike)):
+        return [str(image)]
+    if isinstance(image, Sequence) and image and all(isinstance(f, (str, os.PathLike)) for f in image):
+        return [str(f) for f in image]
+    raise ValueError(f"case {case.get('case_id', '?')}: 'image' must be a file or a list of files, got {image!r}")
+
+
+def inference_transforms(
+    task: str | Task,
+    executor: Executor | None = None,
+    spacing: Sequence[float] | None = None,
+    orientation: str | None = "RAS",
+    crop_foreground: bool = True,
+    crop_margin: int = 4,
+    normalize: bool = True,
+) -> Any:
+    """Parallel loading + the deterministic transforms (without their loader), as one ``Compose``.
+
+    Args:
+        task: the task (channel order).
+        executor: thread pool for reading modality files.
+        spacing, orientation, crop_foreground, crop_margin, normalize: as in
+            :func:`brats_pipeline.data.transforms.deterministic_transforms` (use the values the
+            model was trained with).
+    """
+    from monai.transforms import Compose, LoadImaged
+
+    from brats_pipeline.data.transforms import deterministic_transforms
+
+    det = deterministic_transforms(
+        task, with_label=False, spacing=spacing, orientation=orientation,
+        crop_foreground=crop_foreground, crop_margin=crop_margin, normalize=normalize,
+    )
+    steps = [t for t in det.transforms if not isinstance(t, LoadImaged)]
+    return Compose([ParallelLoadImaged(task, executor), *steps])
+
+
+def case_id_of(case: Mapping[Hashable, Any]) -> str:
+    """``case_id`` of a case, or the first image file's name without modality suffix."""
+    if case.get("case_id"):
+        return str(case["case_id"])
+    from preprocessing.io import strip_nifti_suffix
+
+    first = Path(image_files(case)[0])
+    return first.parent.name if len(image_files(case)) > 1 else strip_nifti_suffix(first.name)

@@ -1,0 +1,603 @@
+"""``Predictor``: sliding-window inference of one network or an ensemble, written in the input's geometry.
+
+The path of one case::
+
+    files ──read (threads)──► C×X×Y×Z ──orient/resample/crop/normalise (the training transforms)──►
+      sliding window (gaussian blending, bf16 autocast on CUDA) × TTA mirrors × ensemble members
+      ──sigmoid, averaged──► region probabilities R×X'×Y'×Z' ──Invertd──► R×X×Y×Z on the input's grid
+      ──postprocess──► label map X×Y×Z uint8 in the task's labels ──atomic write──► OUT/<case_id>.nii.gz
+
+Arrays are x, y, z (nibabel/MONAI order); ``R`` channels follow ``task.regions`` (TC, WT, ET
+for BraTS). The written label has the first input file's shape and affine (the undoing of
+orientation, spacing and crop is MONAI ``Invertd`` over the very ``Compose`` that prepared the
+input), so it overlays the input in any viewer, whatever its orientation or voxel size.
+
+Build one with :meth:`Predictor.from_checkpoint` (Lightning checkpoints of
+:class:`~brats_pipeline.module.BratsSegmentationModule`; several = an ensemble),
+:meth:`Predictor.from_state_dict` (a plain network state dict, as a MONAI bundle's
+``models/model.pt``), :meth:`Predictor.from_bundle`, or the constructor with ``nn.Module``\\ s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from brats_pipeline.constants import Task, get_task
+from brats_pipeline.inference.postprocess import PostprocessConfig, postprocess
+
+BLEND_MODES = ("gaussian", "constant")
+
+
+@dataclass
+class CasePrediction:
+    """The result of one case.
+
+    Attributes:
+        case_id: the case.
+        label: the task's label map (X, Y, Z) uint8 on the input's grid.
+        affine: 4x4 voxel-to-RAS (mm) of the input (and of ``label``).
+        probabilities: region probabilities (R, X, Y, Z) float32 on the input's grid, if asked for.
+        seconds: time spent per stage (``read``, ``compute``, ``postprocess``).
+    """
+
+    case_id: str
+    label: np.ndarray
+    affine: np.ndarray
+    probabilities: np.ndarray | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Predictor:
+    """Sliding-window inference with TTA and ensembles, output in the input's geometry.
+
+    Args:
+        networks: one network or several (an ensemble; their probabilities are averaged). Each
+            maps ``(B, C, X, Y, Z)`` to region logits ``(B, R, X, Y, Z)``.
+        task: task name or :class:`Task` (channel order, regions, labels written).
+        roi_size: sliding-window size (x, y, z) in voxels.
+        sw_batch_size: windows per forward pass.
+        overlap: overlap fraction of neighbouring windows, in ``[0, 1)``.
+        blend_mode: ``gaussian`` (window centres weigh more) or ``constant``.
+        tta_axes: spatial axes (0 = x, 1 = y, 2 = z) to mirror for test-time augmentation;
+            every combination is predicted (2^k passes per network) and averaged. ``()``: off.
+        device: ``"cuda"``, ``"cpu"``, a ``torch.device`` or ``None`` (CUDA when available).
+        amp: bf16 autocast on CUDA (ignored on the CPU).
+        spacing: resample to this voxel size (mm) before the network (as in training);
+            ``None`` keeps the input grid.
+        orientation: reorient to these axis codes before the network (``None``: keep).
+        crop_foreground: crop to the non-zero bounding box before the network.
+        crop_margin: voxels kept around the foreground box.
+        normalize: channel-wise z-score over non-zero voxels.
+        postprocess: :class:`PostprocessConfig` (or a dict of its fields).
+        read_threads: threads decoding one case's modality files concurrently.
+        compile: wrap each network in ``torch.compile`` (worth it on GPUs for long batches).
+    """
+
+    def __init__(
+        self,
+        networks: nn.Module | Sequence[nn.Module],
+        task: str | Task,
+        roi_size: Sequence[int] = (128, 128, 128),
+        sw_batch_size: int = 4,
+        overlap: float = 0.5,
+        blend_mode: str = "gaussian",
+        tta_axes: Sequence[int] = (),
+        device: str | torch.device | None = None,
+        amp: bool = True,
+        spacing: Sequence[float] | None = None,
+        orientation: str | None = "RAS",
+        crop_foreground: bool = True,
+        crop_margin: int = 4,
+        normalize: bool = True,
+        postprocess: PostprocessConfig | Mapping[str, Any] | None = None,
+        read_threads: int = 4,
+        compile: bool = False,
+    ) -> None:
+        self.task = get_task(task)
+        nets = [networks] if isinstance(networks, nn.Module) else list(networks)
+        if not nets or not all(isinstance(n, nn.Module) for n in nets):
+            raise ValueError(f"networks must be one nn.Module or a non-empty list of them, got {networks!r}")
+        roi = tuple(int(s) for s in roi_size)
+        if len(roi) != 3 or min(roi) < 1:
+            raise ValueError(f"roi_size must be three positive sizes (x, y, z), got {tuple(roi_size)}")
+        if not 0 <= float(overlap) < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if blend_mode not in BLEND_MODES:
+            raise ValueError(f"unknown blend_mode {blend_mode!r}; choose one of {BLEND_MODES}")
+        if int(sw_batch_size) < 1:
+            raise ValueError(f"sw_batch_size must be at least 1, got {sw_batch_size}")
+        axes = tuple(int(a) for a in tta_axes)
+        if len(set(axes)) != len(axes) or not set(axes) <= {0, 1, 2}:
+            raise ValueError(f"tta_axes must be distinct spatial axes among 0 (x), 1 (y), 2 (z), got {tuple(tta_axes)}")
+        if spacing is not None and (len(spacing) != 3 or min(float(s) for s in spacing) <= 0):
+            raise ValueError(f"spacing must be three positive sizes in mm, got {tuple(spacing)}")
+        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but no CUDA device is available")
+        self.roi_size = roi
+        self.sw_batch_size = int(sw_batch_size)
+        self.overlap = float(overlap)
+        self.blend_mode = blend_mode
+        self.tta_axes = axes
+        self.amp = bool(amp)
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+        self.orientation = orientation
+        self.crop_foreground = bool(crop_foreground)
+        self.crop_margin = int(crop_margin)
+        self.normalize = bool(normalize)
+        self.postprocess_config = PostprocessConfig.from_any(postprocess)
+        self.read_threads = max(1, int(read_threads))
+        self.networks = [n.to(self.device).eval() for n in nets]
+        self._forwards = [torch.compile(n) if compile else n for n in self.networks]
+        self._executor: Any = None
+        self._transform: Any = None
+        self._inferer: Any = None
+        self._lock = threading.Lock()  # lazy set-up is shared by loader threads
+        self.sources: list[str] = []  # where the weights came from (for manifests)
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def from_checkpoint(
+        cls, paths: str | os.PathLike | Sequence[str | os.PathLike], device: str | torch.device | None = None, **overrides: Any
+    ) -> Predictor:
+        """Load one Lightning checkpoint, or several as an ensemble (e.g. the 5 folds).
+
+        Sliding-window settings (``roi_size``, ``sw_batch_size``, ``overlap``, ``blend_mode``)
+        come from the (first) module's hyper-parameters, and the preprocessing (``spacing``,
+        ``orientation``, ``crop_foreground``) from the data module's, so inference sees what
+        training saw; keyword ``overrides`` replace any of them.
+
+        Raises:
+            FileNotFoundError: a checkpoint is missing.
+            ValueError: unreadable checkpoint, or ensemble members of different tasks or preprocessing.
+        """
+        from brats_pipeline.module import BratsSegmentationModule
+
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        if not paths:
+            raise ValueError("from_checkpoint needs at least one checkpoint")
+        networks, settings = [], []
+        for path in paths:
+            path = Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: checkpoint not found")
+            try:
+                ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+                module = BratsSegmentationModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
+            except Exception as exc:  # torch/Lightning raise many types for a bad file
+                raise ValueError(f"{path}: not a loadable BratsSegmentationModule checkpoint ({type(exc).__name__}: {exc})") from exc
+            hp, dm = dict(ckpt.get("hyper_parameters", {})), dict(ckpt.get("datamodule_hyper_parameters", {}))
+            settings.append(
+                {
+                    "task": module.task.name,
+                    "roi_size": tuple(hp.get("roi_size", (128, 128, 128))),
+                    "sw_batch_size": int(hp.get("sw_batch_size", 4)),
+                    "overlap": float(hp.get("overlap", 0.5)),
+                    "blend_mode": hp.get("blend_mode", "gaussian"),
+                    "spacing": None if dm.get("spacing") is None else tuple(dm["spacing"]),
+                    "orientation": dm.get("orientation", "RAS"),
+                    "crop_foreground": bool(dm.get("crop_foreground", True)),
+                }
+            )
+            networks.append(module.network)
+        first = settings[0]
+        for path, s in zip(paths[1:], settings[1:]):
+            for key in ("task", "spacing", "orientation", "crop_foreground"):
+                if s[key] != first[key] and key not in overrides:
+                    raise ValueError(f"{path}: ensemble member has {key}={s[key]!r}, but {paths[0]} has {first[key]!r}")
+        kwargs = {**first, **overrides}
+        predictor = cls(networks, device=device, **kwargs)
+        predictor.sources = [str(p) for p in paths]
+        return predictor
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        network: str | nn.Module,
+        weights_path: str | os.PathLike | Sequence[str | os.PathLike],
+        task: str | Task,
+        network_kwargs: Mapping[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> Predictor:
+        """A network from the registry (or a module) with weights from plain state-dict file(s).
+
+        This is what a MONAI bundle holds (``models/model.pt``: ``torch.save(net.state_dict())``).
+        Weights load **strictly** (a prefixed or foreign state dict is an error, never silently
+        random weights); a Lightning checkpoint's ``state_dict`` with ``network.`` keys is accepted.
+
+        Args:
+            network: registry name (``unet3d`` ...) built for the task's channels, or an ``nn.Module``.
+            weights_path: one file, or several for an ensemble (one network per file).
+            task: task name or :class:`Task`.
+            network_kwargs: options for :func:`brats_pipeline.networks.build_network`.
+            device: as in :class:`Predictor`.
+            **kwargs: other :class:`Predictor` arguments (``roi_size``, ``overlap`` ...).
+        """
+        import copy
+
+        task = get_task(task)
+        files = [weights_path] if isinstance(weights_path, (str, os.PathLike)) else list(weights_path)
+        if not files:
+            raise ValueError("from_state_dict needs at least one weights file")
+        networks = []
+        for path in files:
+            if isinstance(network, nn.Module):
+                net = copy.deepcopy(network)
+            else:
+                from brats_pipeline.networks import build_network
+
+                net = build_network(network, len(task.modalities), len(task.regions), spatial_dims=3, **dict(network_kwargs or {}))
+            load_state_dict_strict(net, path)
+            networks.append(net)
+        predictor = cls(networks, task, device=device, **kwargs)
+        predictor.sources = [str(p) for p in files]
+        return predictor
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | os.PathLike, device: str | torch.device | None = None, **overrides: Any) -> Predictor:
+        """A MONAI bundle: ``configs/inference.json`` (``network_def``, ``task``, ``inferer``) + ``models/model.pt``.
+
+        ``network_def`` is instantiated with MONAI's ``ConfigParser`` and the weights loaded
+        strictly with :meth:`from_state_dict`. The task comes from ``task`` in
+        ``inference.json`` (or ``metadata.json``) unless given in ``overrides``; ``roi_size``,
+        ``sw_batch_size``, ``overlap`` and ``mode`` of ``inferer`` and ``spacing``, ``orientation``
+        and ``crop_foreground`` of ``preprocessing`` are used when present (``@`` references
+        resolved), so the bundle's own settings apply.
+
+        Raises:
+            FileNotFoundError: a required bundle file is missing.
+            ValueError: no task, or a config that does not build a network.
+        """
+        import json
+
+        from monai.bundle import ConfigParser
+
+        root = Path(bundle_dir)
+        config_file, weights = root / "configs" / "inference.json", root / "models" / "model.pt"
+        for path in (config_file, weights):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: not found (a bundle needs configs/inference.json and models/model.pt)")
+        parser = ConfigParser()
+        parser.read_config(str(config_file))
+        parser["bundle_root"] = str(root)
+        if "network_def" not in parser.config:
+            raise ValueError(f"{config_file}: no 'network_def'")
+        network = parser.get_parsed_content("network_def")
+        if not isinstance(network, nn.Module):
+            raise ValueError(f"{config_file}: 'network_def' built {type(network).__name__}, not an nn.Module")
+        task = overrides.pop("task", None) or _bundle_value(parser, "task")
+        meta_file = root / "configs" / "metadata.json"
+        if task is None and meta_file.is_file():
+            from brats_pipeline.constants import TASK_ALIASES, TASKS
+
+            meta_task = json.loads(meta_file.read_text()).get("task")
+            task = meta_task if meta_task in TASKS or meta_task in TASK_ALIASES else None
+        if task is None:
+            raise ValueError(f"{config_file}: no task name ('task': 'brats2021' ...) in inference.json or metadata.json; pass task=...")
+        settings: dict[str, Any] = {}
+        for src, dst in (("inferer#roi_size", "roi_size"), ("inferer#sw_batch_size", "sw_batch_size"),
+                         ("inferer#overlap", "overlap"), ("inferer#mode", "blend_mode"),
+                         ("preprocessing#spacing", "spacing"), ("preprocessing#orientation", "orientation"),
+                         ("preprocessing#crop_foreground", "crop_foreground")):
+            if not _bundle_has(parser, src):
+                continue
+            value = _bundle_value(parser, src)
+            if value is not None or dst in ("spacing", "orientation"):  # null is meaningful for these two
+                settings[dst] = tuple(value) if isinstance(value, (list, tuple)) else value
+        predictor = cls.from_state_dict(network, weights, task, device=device, **{**settings, **overrides})
+        predictor.sources = [str(root)]
+        return predictor
+
+    # ------------------------------------------------------------- description
+    def describe(self) -> dict[str, Any]:
+        """The settings, JSON-friendly (written into manifests)."""
+        return {
+            "task": self.task.name,
+            "models": list(self.sources),
+            "ensemble_size": len(self.networks),
+            "roi_size": list(self.roi_size),
+            "sw_batch_size": self.sw_batch_size,
+            "overlap": self.overlap,
+            "blend_mode": self.blend_mode,
+            "tta_axes": list(self.tta_axes),
+            "device": str(self.device),
+            "amp_bf16": self._autocast_enabled(),
+            "spacing": None if self.spacing is None else list(self.spacing),
+            "orientation": self.orientation,
+            "crop_foreground": self.crop_foreground,
+            "postprocess": self.postprocess_config.to_dict(),
+        }
+
+    # --------------------------------------------------------------- volumes
+    def _autocast_enabled(self) -> bool:
+        return self.amp and self.device.type == "cuda"
+
+    def _flip_dims(self) -> list[tuple[int, ...]]:
+        """Mirror combinations as tensor dims of a (B, C, X, Y, Z) batch; ``()`` is the identity."""
+        dims = [a + 2 for a in self.tta_axes]
+        return [c for k in range(len(dims) + 1) for c in itertools.combinations(dims, k)]
+
+    def _get_inferer(self) -> Any:
+        with self._lock:
+            return self._make_inferer()
+
+    def _make_inferer(self) -> Any:
+        if self._inferer is None:
+            from monai.inferers import SlidingWindowInferer
+
+            self._inferer = SlidingWindowInferer(
+                roi_size=self.roi_size, sw_batch_size=self.sw_batch_size, overlap=self.overlap,
+                mode=self.blend_mode, cache_roi_weight_map=True,
+            )
+        return self._inferer
+
+    def predict_logits(self, image: torch.Tensor, network_index: int = 0, flip: tuple[int, ...] = ()) -> torch.Tensor:
+        """Sliding-window region logits ``(B, R, X, Y, Z)`` (float32) of one network for one mirror."""
+        forward = self._forwards[network_index]
+        use_amp = self._autocast_enabled()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                return forward(x).float()
+
+        x = image.flip(flip) if flip else image
+        logits = self._get_inferer()(x, run)
+        return logits.flip(flip) if flip else logits
+
+    def predict_volume(self, image: Any) -> torch.Tensor:
+        """Region probabilities of preprocessed volume(s), averaged over TTA mirrors and ensemble members.
+
+        Args:
+            image: ``(C, X, Y, Z)`` or ``(B, C, X, Y, Z)`` float, channels in the task's modality
+                order, already normalised (see :meth:`preprocess`); numpy or torch.
+
+        Returns:
+            Sigmoid probabilities ``(R, X, Y, Z)`` or ``(B, R, X, Y, Z)`` float32 on
+            :attr:`device`, channels in ``task.regions`` order.
+        """
+        x = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image)
+        single = x.ndim == 4
+        if single:
+            x = x[None]
+        if x.ndim != 5:
+            raise ValueError(f"expected an image (C, X, Y, Z) or a batch (B, C, X, Y, Z), got shape {tuple(x.shape)}")
+        if x.shape[1] != len(self.task.modalities):
+            raise ValueError(
+                f"image has {x.shape[1]} channels; task {self.task.name} needs {len(self.task.modalities)} "
+                f"({', '.join(self.task.modality_names)})"
+            )
+        x = x.to(self.device, torch.float32, non_blocking=True)
+        total: torch.Tensor | None = None
+        count = 0
+        with torch.inference_mode():
+            for i in range(len(self.networks)):
+                for flip in self._flip_dims():
+                    p = torch.sigmoid(self.predict_logits(x, i, flip))
+                    total = p if total is None else total.add_(p)
+                    count += 1
+            probs = total / count
+        return probs[0] if single else probs
+
+    # ------------------------------------------------------------------ cases
+    def _get_transform(self) -> Any:
+        with self._lock:
+            return self._make_transform()
+
+    def _make_transform(self) -> Any:
+        # Invertd needs the very transform instances that prepared a case: build them once
+        if self._transform is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from brats_pipeline.inference.loading import inference_transforms
+
+            self._executor = ThreadPoolExecutor(self.read_threads, thread_name_prefix="read") if self.read_threads > 1 else None
+            self._transform = inference_transforms(
+                self.task, self._executor, spacing=self.spacing, orientation=self.orientation,
+                crop_foreground=self.crop_foreground, crop_margin=self.crop_margin, normalize=self.normalize,
+            )
+        return self._transform
+
+    def preprocess(self, case: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Read a case (``image``: files in the task's modality order, or one 4D file) and prepare it.
+
+        Returns:
+            The case dict with ``image`` a ``C×X'×Y'×Z'`` ``MetaTensor`` that remembers the
+            spatial steps applied (for :meth:`invert`).
+
+        Raises:
+            preprocessing.io.ImageFileError: a file is missing, truncated, not 3D/4D, has NaN/Inf,
+                or the modalities are on different grids.
+        """
+        transform = self._get_transform()
+        try:
+            return transform(dict(case))
+        except RuntimeError as exc:  # MONAI wraps errors as "applying transform ..."; surface the cause
+            cause: BaseException = exc
+            while str(cause).startswith("applying transform") and cause.__cause__ is not None:
+                cause = cause.__cause__
+            if cause is exc:
+                raise
+            raise cause from None
+
+    def invert(self, data: Mapping[Hashable, Any], probabilities: torch.Tensor) -> torch.Tensor:
+        """Map ``(R, X', Y', Z')`` probabilities from the network's grid back onto the input's grid.
+
+        Uses MONAI ``Invertd`` with the ``Compose`` that prepared ``data["image"]`` (undoing
+        crop, resampling — linear interpolation of the probabilities — and orientation).
+
+        Returns:
+            ``(R, X, Y, Z)`` float32 on the same device as ``probabilities``.
+        """
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
+        image = data["image"]
+        inverter = Invertd(keys="pred", transform=self._get_transform(), orig_keys="image", nearest_interp=False, to_tensor=True)
+        out = inverter({"image": image, "pred": MetaTensor(probabilities)})["pred"]
+        out = out.as_tensor() if hasattr(out, "as_tensor") else out
+        expected = tuple(int(s) for s in image.meta["spatial_shape"])
+        if tuple(out.shape[1:]) != expected:
+            raise RuntimeError(f"{image.meta.get('filename_or_obj')}: inverted prediction has shape {tuple(out.shape[1:])}, input {expected}")
+        return out.float()
+
+    def labels_from_probabilities(self, probabilities: torch.Tensor) -> np.ndarray:
+        """Post-process ``(R, X, Y, Z)`` probabilities into the task's label map (X, Y, Z) uint8.
+
+        Thresholding alone runs on the probabilities' device; any other enabled step runs
+        on the CPU (scipy).
+        """
+        cfg = self.postprocess_config
+        only_threshold = not (cfg.opening_radius or cfg.closing_radius or cfg.min_component_voxels or cfg.keep_largest or cfg.et_min_voxels)
+        if only_threshold and torch.is_tensor(probabilities):
+            t = torch.as_tensor(np.broadcast_to(np.asarray(cfg.threshold, dtype=np.float32), (probabilities.shape[0],)).copy())
+            regions = probabilities > t.to(probabilities.device).view(-1, 1, 1, 1)
+            return self.task.regions_to_labels(regions).cpu().numpy().astype(np.uint8)
+        return postprocess(probabilities, self.task, cfg)
+
+    def predict_case(self, case: Mapping[Hashable, Any], return_probabilities: bool = False) -> CasePrediction:
+        """Read, predict, invert and post-process one case (nothing is written).
+
+        Args:
+            case: ``{"case_id": ..., "image": [files in modality order] or 4D file}``.
+            return_probabilities: also return the region probabilities on the input's grid.
+        """
+        from brats_pipeline.inference.loading import case_id_of
+
+        t0 = time.perf_counter()
+        data = self.preprocess(case)
+        t1 = time.perf_counter()
+        probs, affine = self.compute(data)
+        t2 = time.perf_counter()
+        label = self.labels_from_probabilities(probs)
+        probabilities = probs.cpu().numpy() if return_probabilities else None
+        t3 = time.perf_counter()
+        seconds = {"read": t1 - t0, "compute": t2 - t1, "postprocess": t3 - t2}
+        return CasePrediction(case_id_of(case), label, affine, probabilities, seconds)
+
+    def compute(self, data: Mapping[Hashable, Any]) -> tuple[torch.Tensor, np.ndarray]:
+        """Network + inversion for a preprocessed case: ``(probabilities (R, X, Y, Z) on the device, affine)``."""
+        image = data["image"]
+        probs = self.predict_volume(image)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        inverted = self.invert(data, probs)
+        affine = np.asarray(torch.as_tensor(image.meta["original_affine"]).cpu(), dtype=np.float64)
+        return inverted, affine
+
+    # ------------------------------------------------------------------ files
+    def predict_files(
+        self,
+        cases: Sequence[Mapping[Hashable, Any]],
+        out_dir: str | os.PathLike,
+        save_probabilities: bool = False,
+        overwrite: bool = False,
+        manifest_name: str = "manifest.json",
+        loader_threads: int = 2,
+        writer_threads: int = 2,
+        progress: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Predict many cases into ``out_dir``; see :func:`brats_pipeline.inference.batch.run_batch`.
+
+        Writes ``OUT/<case_id>.nii.gz`` (labels, uint8), optionally
+        ``OUT/probabilities/<case_id>.nii.gz`` (x, y, z, R float32) and the manifest. Reading the
+        next cases and writing the previous ones overlap the compute (background threads); a
+        failing case is recorded and the rest go on; finished cases are skipped unless
+        ``overwrite``.
+
+        Returns:
+            The manifest rows, one per case (``status`` ``ok``, ``skipped`` or ``failed``).
+        """
+        from brats_pipeline.inference.batch import run_batch
+
+        return run_batch(
+            self, cases, out_dir, save_probabilities=save_probabilities, overwrite=overwrite,
+            manifest_name=manifest_name, loader_threads=loader_threads, writer_threads=writer_threads, progress=progress,
+        )
+
+    def close(self) -> None:
+        """Stop the file-reading threads (they are restarted on the next use)."""
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            self._executor, self._transform = None, None
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _bundle_has(parser: Any, id_: str) -> bool:
+    node: Any = parser.config
+    for part in id_.split("#"):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _bundle_value(parser: Any, id_: str) -> Any:
+    """A plain value of a bundle config (``@`` references resolved), or ``None`` if absent or not plain."""
+    if not _bundle_has(parser, id_):
+        return None
+    try:
+        value = parser.get_parsed_content(id_)
+    except Exception:  # an expression that needs the runtime (e.g. a device) — not a setting we read
+        return None
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return value if isinstance(value, (str, int, float, bool, list, tuple)) else None
+
+
+def load_state_dict_strict(network: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a state-dict file into ``network`` strictly; errors name the file and the mismatched keys.
+
+    Accepts a plain state dict, ``{"state_dict": ...}`` and Lightning checkpoints (whose
+    ``network.`` prefix is removed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception:
+            raise ValueError(f"{path}: not a readable torch state dict ({type(exc).__name__}: {exc})") from exc
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: expected a state dict (mapping of parameter names), got {type(state).__name__}")
+    if state and all(str(k).startswith("network.") for k in state if not str(k).startswith("loss_fn.")):
+        state = {k[len("network."):]: v for k, v in state.items() if str(k).startswith("network.")}
+    missing, unexpected = [], []
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match the network: {len(missing)} missing keys {missing[:5]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:5]}"
+        )
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the network ({str(exc).splitlines()[0]}...)") from exc
+    return network
+
+
+__all__ = ["BLEND_MODES", "CasePrediction", "Predictor", "load_state_dict_strict"]
