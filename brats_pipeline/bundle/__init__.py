@@ -1,0 +1,76 @@
+"""MONAI bundles: the parts their configs build, the template they are written from, and tools.
+
+The bundles in ``bundles/`` keep MONAI's layout and ids, and build everything from this
+package with ``"_target_": "brats_pipeline.bundle.<name>"`` (the names below):
+
+* :mod:`~brats_pipeline.bundle.training` — ``train.json``: :class:`CaseSplit` (``train#dataset``,
+  ``validate#dataset``; MONAI Label fills ``...#data``), :func:`split_datamodule`, device
+  mapping for the Lightning ``Trainer``, :class:`SaveBestNetwork` (``models/model.pt``);
+* :mod:`~brats_pipeline.bundle.inference` — ``inference.json``/``evaluate.json``:
+  :func:`inference_preprocessing`, :class:`RegionsToLabelsd`, strict :func:`load_network`,
+  :func:`inference_cases`, :class:`LabelWriter`, :class:`CaseScorer`, :class:`BundleRunner`;
+* :mod:`~brats_pipeline.bundle.templates` / :mod:`~brats_pipeline.bundle.docs` — every file
+  of the four bundles from one :class:`BundleSpec` each (:data:`BUNDLES`);
+* :mod:`~brats_pipeline.bundle.tools` — :func:`export_checkpoint`, :func:`verify_bundle`,
+  :func:`stack_modalities` (``brats-bundle export|verify|stack``).
+"""
+
+from brats_pipeline.bundle.docs import readme
+from brats_pipeline.bundle.inference import (
+    BundleRunner,
+    CaseOutcome,
+    CaseScorer,
+    CheckChannelsd,
+    LabelWriter,
+    RegionsToLabelsd,
+    as_device,
+    case_id_of,
+    image_files,
+    inference_cases,
+    inference_preprocessing,
+    load_network,
+    root_cause,
+)
+from brats_pipeline.bundle.templates import (
+    BUNDLES,
+    SCHEMA_URL,
+    BundleSpec,
+    check_bundle,
+    get_bundle_spec,
+    render_bundle,
+    write_bundle,
+)
+from brats_pipeline.bundle.tools import (
+    CONFIG_FILES,
+    MODEL_FILE,
+    Check,
+    bundle_parser,
+    case_modality_files,
+    config_property_problems,
+    export_checkpoint,
+    stack_modalities,
+    verify_bundle,
+)
+from brats_pipeline.bundle.training import (
+    CaseSplit,
+    SaveBestNetwork,
+    TrainingCurves,
+    accelerator_of,
+    ddp_devices,
+    devices_of,
+    load_cases,
+    network_state_dict,
+    precision_of,
+    save_state_dict,
+    split_datamodule,
+)
+
+__all__ = [
+    "BUNDLES", "CONFIG_FILES", "MODEL_FILE", "SCHEMA_URL", "BundleRunner", "BundleSpec", "CaseOutcome", "CaseScorer",
+    "CaseSplit", "Check", "CheckChannelsd", "LabelWriter", "RegionsToLabelsd", "SaveBestNetwork", "TrainingCurves",
+    "accelerator_of", "as_device", "bundle_parser", "case_id_of", "case_modality_files", "check_bundle",
+    "config_property_problems", "ddp_devices", "devices_of", "export_checkpoint", "get_bundle_spec", "image_files",
+    "inference_cases", "inference_preprocessing", "load_cases", "load_network", "network_state_dict",
+    "precision_of", "readme", "render_bundle", "root_cause", "save_state_dict", "split_datamodule", "stack_modalities",
+    "verify_bundle", "write_bundle",
+]

@@ -1,0 +1,275 @@
+"""Training parts of ``configs/train.json``: cases of a fold, the data module, devices, weights out.
+
+* :class:`CaseSplit` is ``train#dataset`` / ``validate#dataset``: one side of a fold of the
+  dataset's datalist, or the list MONAI Label's trainer writes into ``train#dataset#data``;
+* :func:`split_datamodule` turns the two sides into a
+  :class:`~brats_pipeline.data.datamodule.BratsDataModule`;
+* :func:`accelerator_of`, :func:`devices_of`, :func:`precision_of`, :func:`ddp_devices` map
+  the bundle's ``device`` (a ``torch.device``, or a string such as MONAI Label's ``"cuda"``)
+  to Lightning ``Trainer`` arguments;
+* :class:`SaveBestNetwork` writes ``models/model.pt`` (the plain network ``state_dict`` of
+  the best epoch) at the end of ``fit``; :class:`TrainingCurves` draws loss and Dice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning import Callback
+
+from brats_pipeline.bundle.inference import as_device, case_id_of
+from brats_pipeline.constants import Task, get_task
+
+logger = logging.getLogger(__name__)
+
+SPLIT_PARTS = ("train", "validate")
+
+
+def accelerator_of(device: Any) -> str:
+    """Lightning ``accelerator`` for a bundle ``device`` (``torch.device`` or ``"cpu"``/``"cuda[:N]"``)."""
+    kind = as_device(device).type
+    return {"cuda": "gpu", "cpu": "cpu", "mps": "mps"}.get(kind, kind)
+
+
+def devices_of(device: Any) -> Any:
+    """Lightning ``devices`` for one process: ``[N]`` for ``cuda:N``, else ``1``."""
+    dev = as_device(device)
+    return [dev.index] if dev.type == "cuda" and dev.index is not None else 1
+
+
+def precision_of(device: Any, amp: bool = True) -> str:
+    """``bf16-mixed`` on a GPU when ``amp`` is on, else ``32-true`` (bf16 autocast on a CPU is slow)."""
+    return "bf16-mixed" if amp and as_device(device).type == "cuda" else "32-true"
+
+
+def ddp_devices() -> Any:
+    """Lightning ``devices`` for DDP: the processes per node under ``torchrun``, else every visible GPU."""
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    return int(local) if local else "auto"
+
+
+def load_cases(
+    dataset_dir: str | os.PathLike | None,
+    datalist: str | os.PathLike | None,
+    task: str | Task,
+    output_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The dataset's datalist: ``datalist`` if that file exists, else discovered in ``dataset_dir``.
+
+    A discovered datalist (5 patient-level folds, fewer for fewer patients; seed 0; header
+    checks) is written to ``output_dir/datalist.json`` so that the folds of a run are on record.
+
+    Raises:
+        FileNotFoundError: neither the datalist file nor the dataset folder exists.
+        ValueError: the datalist is of another task.
+    """
+    from brats_pipeline.data.datalist import build_datalist, load_datalist, write_datalist
+    from brats_pipeline.data.discovery import discover_cases
+
+    task = get_task(task)
+    if datalist and Path(datalist).is_file():
+        loaded = load_datalist(datalist)
+        if get_task(loaded["task"]).name != task.name:
+            raise ValueError(f"{datalist}: datalist of task {loaded['task']!r}, but the bundle is for {task.name!r}")
+        return loaded
+    if not dataset_dir or not Path(dataset_dir).is_dir():
+        raise FileNotFoundError(
+            f"dataset folder {dataset_dir!r} not found (and no datalist file {datalist!r}); "
+            "pass --dataset_dir DIR (a folder in the task's layout, or one holding datalist.json) or --datalist FILE"
+        )
+    labelled = {task.patient_id(c.case_id) for c in discover_cases(dataset_dir, task) if c.label}
+    built = build_datalist(dataset_dir, task, folds=max(1, min(5, len(labelled))), seed=0, check="header")
+    if output_dir:
+        path = write_datalist(built, Path(output_dir) / "datalist.json")
+        logger.info("discovered %d labelled cases in %s; folds written to %s", built["numTraining"], dataset_dir, path)
+        return load_datalist(path)
+    return built
+
+
+class CaseSplit:
+    """One side of a cross-validation fold: ``train#dataset`` or ``validate#dataset`` of ``train.json``.
+
+    ``data`` (a list of ``{"image": ..., "label": ...}``), when given, wins: it is what MONAI
+    Label's trainer writes into ``train#dataset#data`` / ``validate#dataset#data``. Otherwise the
+    cases come from the datalist (see :func:`load_cases`), read only when first asked for.
+
+    Args:
+        dataset_dir: dataset folder (task layout, or holding ``datalist.json``).
+        datalist: datalist JSON file (preferred when it exists).
+        task: the bundle's task.
+        fold: validation fold; ``-1`` trains on every fold and validates on fold 0.
+        part: ``train`` (the other folds) or ``validate`` (this fold).
+        output_dir: where a discovered datalist is recorded.
+        data: explicit cases (overrides everything else).
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | None = None,
+        datalist: str | None = None,
+        task: str = "brats2021",
+        fold: int = 0,
+        part: str = "train",
+        output_dir: str | None = None,
+        data: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        if part not in SPLIT_PARTS:
+            raise ValueError(f"unknown part {part!r}; choose one of {SPLIT_PARTS}")
+        self.dataset_dir, self.datalist, self.task = dataset_dir, datalist, get_task(task)
+        self.fold, self.part, self.output_dir = int(fold), part, output_dir
+        self.data = None if data is None else [dict(d) for d in data]
+
+    def cases(self) -> list[dict[str, Any]]:
+        """The cases of this side (explicit ``data``, or the fold of the datalist)."""
+        from brats_pipeline.data.datalist import split_fold
+
+        if self.data is not None:
+            return list(self.data)
+        entries = load_cases(self.dataset_dir, self.datalist, self.task, self.output_dir)["training"]
+        if not entries:
+            raise ValueError(f"no labelled cases in {self.datalist or self.dataset_dir}")
+        train, val = (entries, split_fold(entries, 0)[1]) if self.fold == -1 else split_fold(entries, self.fold)
+        return train if self.part == "train" else val
+
+
+def _training_entry(case: Mapping[str, Any], fold: int, where: str) -> dict[str, Any]:
+    for key in ("image", "label"):
+        if not case.get(key):
+            raise ValueError(f"{where}: case {dict(case)!r} has no {key!r}")
+    case_id = case_id_of(case)
+    return {"case_id": case_id, "patient_id": case.get("patient_id", case_id), "fold": fold,
+            "image": case["image"], "label": case["label"]}
+
+
+def split_datamodule(
+    train: CaseSplit,
+    validate: CaseSplit,
+    task: str | Task,
+    datalist_path: str | os.PathLike,
+    **datamodule_kwargs: Any,
+) -> Any:
+    """A :class:`~brats_pipeline.data.datamodule.BratsDataModule` over two explicit case lists.
+
+    Writes the cases as a two-fold datalist (training fold 0, validation fold 1) to
+    ``datalist_path`` — a record of exactly what a run trained on — and returns
+    ``BratsDataModule(datalist_path, fold=1, **datamodule_kwargs)``. When MONAI Label gives
+    training cases but no (or an empty list of) validation cases (``val_split`` 0), validation
+    uses the training cases.
+    """
+    from brats_pipeline.data.datamodule import BratsDataModule
+    from preprocessing.io import write_json
+
+    task = get_task(task)
+    train_cases = train.cases()
+    if not validate.data and train.data is not None:
+        logger.warning("no validation cases given with explicit training cases: validating on the training cases")
+        val_cases = train_cases
+    else:
+        val_cases = validate.cases()
+    if not train_cases or not val_cases:
+        raise ValueError(f"need training and validation cases, got {len(train_cases)} and {len(val_cases)}")
+    entries = [_training_entry(c, 0, "train#dataset") for c in train_cases]
+    entries += [_training_entry(c, 1, "validate#dataset") for c in val_cases]
+    datalist = {"name": "bundle_split", "task": task.name, "num_folds": 2, "training": entries, "testing": [],
+                "numTraining": len(entries), "numTest": 0}
+    write_json(datalist, datalist_path)
+    return BratsDataModule(str(datalist_path), fold=1, **datamodule_kwargs)
+
+
+def network_state_dict(checkpoint: Mapping[str, Any], prefix: str = "network.") -> dict[str, Any]:
+    """The plain network ``state_dict`` inside a Lightning checkpoint (``state_dict`` keys ``network.*``).
+
+    Raises:
+        ValueError: no key starts with ``prefix``.
+    """
+    state = checkpoint.get("state_dict", checkpoint)
+    net = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not net:
+        heads = sorted({k.split(".")[0] for k in state})[:8]
+        raise ValueError(f"no '{prefix}*' weights in the checkpoint (its keys start with {heads})")
+    return net
+
+
+def save_state_dict(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` a state dict atomically (temporary name, then rename)."""
+    import torch
+
+    from preprocessing.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+    return Path(path)
+
+
+def _best_checkpoint_callback(trainer: Any) -> Any:
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "monitor", None):
+            return cb
+    return None
+
+
+class SaveBestNetwork(Callback):
+    """Lightning callback: at the end of ``fit`` write the best epoch's network weights to ``path``.
+
+    "Best" is the ``best_model_path`` of the first ``ModelCheckpoint`` that monitors a metric;
+    without one (validation never ran) the final weights are written, with a warning. The file
+    holds the plain network ``state_dict`` (no ``network.`` prefix, no optimiser), checked to
+    have exactly the network's keys, written by rank 0 only and atomically.
+
+    Args:
+        path: destination, normally ``<bundle_root>/models/model.pt``.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        import torch
+
+        cb = _best_checkpoint_callback(trainer)
+        best = getattr(cb, "best_model_path", "") if cb is not None else ""
+        if best:
+            state = network_state_dict(torch.load(best, map_location="cpu", weights_only=False))
+            source = f"best checkpoint {best} ({cb.monitor} = {float(cb.best_model_score):.4f})"
+        else:
+            state = {k: v.detach().cpu() for k, v in pl_module.network.state_dict().items()}
+            source = "final weights (no validation ran, so there is no best checkpoint)"
+            logger.warning("SaveBestNetwork: writing the %s", source)
+        expected = set(pl_module.network.state_dict())
+        if set(state) != expected:
+            raise ValueError(f"{best}: network keys differ from the model's: missing "
+                             f"{sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
+        save_state_dict(state, self.path)
+        logger.info("wrote %s from the %s", self.path, source)
+
+
+class TrainingCurves(Callback):
+    """Collect epoch metrics; write ``training_curves.png`` (loss, Dice) beside the logs at the end of ``fit``.
+
+    The same figure as ``brats-train``'s callback, but safe under DDP: ``trainer.log_dir`` is
+    a collective (a broadcast), so every rank asks for it before rank 0 plots.
+    """
+
+    def __init__(self, filename: str = "training_curves.png") -> None:
+        self.filename = filename
+        self.history: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        row = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        self.history.append({**row, "epoch": trainer.current_epoch})
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        out_dir = trainer.log_dir or trainer.default_root_dir  # every rank: a broadcast under DDP
+        if trainer.is_global_zero and self.history:
+            from brats_pipeline.viz import plot_training_curves
+
+            plot_training_curves(self.history, Path(out_dir) / self.filename)
+

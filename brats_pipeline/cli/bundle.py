@@ -1,0 +1,112 @@
+"""``brats-bundle``: export weights into a MONAI bundle, verify a bundle, stack modalities, (re)generate bundles.
+
+    brats-bundle export --checkpoint runs/.../best.ckpt --bundle bundles/brats_unet3d_segmentation
+    brats-bundle verify bundles/brats_unet3d_segmentation --schema meta_schema_20220324.json
+    brats-bundle stack t1c.nii.gz t1.nii.gz t2.nii.gz flair.nii.gz -o case.nii.gz --task brats2021
+    brats-bundle generate --check
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from brats_pipeline.constants import TASK_ALIASES, TASKS
+
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "bundles"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brats-bundle", description="MONAI bundle tools for brats-pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    exp = sub.add_parser("export", help="copy a Lightning checkpoint's network weights into <bundle>/models/model.pt")
+    exp.add_argument("--checkpoint", required=True, help="Lightning .ckpt (brats-train or the bundle's training)")
+    exp.add_argument("--bundle", required=True, help="bundle folder (with configs/inference.json)")
+    exp.add_argument("--datalist", help="also validate on --fold of this datalist and record per-region Dice/HD95")
+    exp.add_argument("--fold", type=int, default=0, help="validation fold for --datalist (default 0)")
+    exp.add_argument("--device", default="cpu", help="device for the validation run (default cpu)")
+
+    ver = sub.add_parser("verify", help="metadata schema, MONAI property ids, network in/out, strict weights, TorchScript")
+    ver.add_argument("bundle", help="bundle folder")
+    ver.add_argument("--schema", help="local metadata schema file (offline); default: download the URL in metadata.json")
+    ver.add_argument("--device", default="cpu", help="device for the network checks (default cpu)")
+    ver.add_argument("--atol", type=float, default=1e-4, help="TorchScript vs eager tolerance (default 1e-4)")
+    ver.add_argument("--require-weights", action="store_true", help="fail (not skip) when models/model.pt is absent")
+
+    stk = sub.add_parser("stack", help="write one 4D NIfTI (modalities on the last axis) from per-modality files")
+    stk.add_argument("files", nargs="*", help="modality files in the bundle's channel order")
+    stk.add_argument("--case-dir", help="instead of FILES: a case folder in the task's layout (needs --task)")
+    stk.add_argument("--task", choices=sorted([*TASKS, *TASK_ALIASES]), help="check the number of files / find them")
+    stk.add_argument("-o", "--output", required=True, help="4D NIfTI to write (.nii.gz)")
+
+    gen = sub.add_parser("generate", help="write bundles/<name> from the template (keeps measured eval_metrics)")
+    gen.add_argument("names", nargs="*", help="bundles to write (default: all)")
+    gen.add_argument("--root", default=str(DEFAULT_ROOT), help=f"folder holding the bundles (default {DEFAULT_ROOT})")
+    gen.add_argument("--check", action="store_true", help="write nothing; exit 1 if any file differs from the template")
+    return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    from brats_pipeline.bundle import export_checkpoint
+
+    metrics = export_checkpoint(args.checkpoint, args.bundle, datalist=args.datalist, fold=args.fold, device=args.device)
+    print(f"{Path(args.bundle) / 'models' / 'model.pt'}: written; eval_metrics {metrics}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from brats_pipeline.bundle import verify_bundle
+
+    checks = verify_bundle(args.bundle, schema=args.schema, device=args.device, atol=args.atol,
+                           require_weights=args.require_weights)
+    for check in checks:
+        print(f"{check.status:4} {check.name}: {check.detail}")
+    failed = [c for c in checks if c.status == "FAIL"]
+    print(f"{args.bundle}: {len(checks) - len(failed)} of {len(checks)} checks passed or skipped, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from brats_pipeline.bundle import case_modality_files, stack_modalities
+
+    if bool(args.files) == bool(args.case_dir):
+        raise ValueError("give either modality FILES or --case-dir (not both, not neither)")
+    if args.case_dir and not args.task:
+        raise ValueError("--case-dir needs --task (it decides the modality suffixes and order)")
+    files = case_modality_files(args.case_dir, args.task) if args.case_dir else args.files
+    path = stack_modalities(files, args.output, task=args.task)
+    print(f"{path}: {len(files)} modalities stacked ({', '.join(Path(f).name for f in files)})")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from brats_pipeline.bundle import BUNDLES, check_bundle, get_bundle_spec, write_bundle
+
+    specs = [get_bundle_spec(n) for n in args.names] if args.names else list(BUNDLES.values())
+    if args.check:
+        stale = [path for spec in specs for path in check_bundle(spec, args.root)]
+        for path in stale:
+            print(f"out of date: {path}")
+        print(f"{len(specs)} bundle(s) checked, {len(stale)} file(s) out of date"
+              + (" (run brats-bundle generate)" if stale else ""))
+        return 1 if stale else 0
+    for spec in specs:
+        print(f"{write_bundle(spec, args.root)}: written")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = {"export": _export, "verify": _verify, "stack": _stack, "generate": _generate}[args.command]
+    try:
+        return command(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"brats-bundle {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,253 @@
+"""Bundles: committed files equal the template, metadata and ids follow MONAI, strict weights, parts of the configs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import brats_pipeline.bundle as bb
+from brats_pipeline.cli.bundle import main as bundle_main
+from brats_pipeline.constants import get_task
+from brats_pipeline.data.datalist import build_datalist, write_datalist
+from brats_pipeline.data.synthetic import write_cohort
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE_DIRS = [REPO / "bundles" / name for name in bb.BUNDLES]
+
+
+# ----------------------------------------------------------------------------- template
+def test_committed_bundles_equal_the_template() -> None:
+    assert sorted(p.name for p in (REPO / "bundles").iterdir() if p.is_dir()) == sorted(bb.BUNDLES)
+    for spec in bb.BUNDLES.values():
+        assert bb.check_bundle(spec, REPO / "bundles") == [], "run: brats-bundle generate"
+    assert bundle_main(["generate", "--check"]) == 0
+
+
+def test_generate_writes_a_bundle_and_keeps_measured_metrics(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = bb.get_bundle_spec("lgg_flair_segmentation")
+    bundle = bb.write_bundle(spec, tmp_path)
+    assert sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()) == sorted(bb.render_bundle(spec))
+    meta_path = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["eval_metrics"] = {"val_mean_dice": 0.81}
+    meta_path.write_text(json.dumps(meta))
+    (bundle / "configs" / "train.json").write_text("{}")
+    assert bundle_main(["generate", "lgg_flair_segmentation", "--root", str(tmp_path), "--check"]) == 1
+    assert "out of date" in capsys.readouterr().out
+    bb.write_bundle(spec, tmp_path)
+    assert bb.check_bundle(spec, tmp_path) == []
+    assert json.loads(meta_path.read_text())["eval_metrics"] == {"val_mean_dice": 0.81}
+    assert "| val_mean_dice | 0.8100 |" in (bundle / "docs" / "README.md").read_text()
+
+
+def test_unknown_bundle_name_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown bundle 'brats_unet4d'; choose one of brats_unet3d_segmentation"):
+        bb.get_bundle_spec("brats_unet4d")
+
+
+# ---------------------------------------------------------------------- MONAI checks
+@pytest.mark.parametrize("schema", ["meta_schema_20220324.json", "meta_schema_20240725.json"])
+@pytest.mark.parametrize("bundle", BUNDLE_DIRS, ids=lambda p: p.name)
+def test_metadata_verifies_offline(bundle: Path, schema: str, bundle_schema_dir: Path) -> None:
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(bundle_schema_dir / schema))
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_DIRS, ids=lambda p: p.name)
+def test_configs_have_monai_ids_and_the_network_fits_the_metadata(bundle: Path) -> None:
+    from monai.bundle import verify_net_in_out
+
+    assert bb.config_property_problems(bundle / "configs" / "train.json", "train") == ([], [])
+    assert bb.config_property_problems(bundle / "configs" / "inference.json", "infer") == ([], [])
+    verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
+                      config_file=str(bundle / "configs" / "inference.json"), device="cpu")
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    task = get_task(json.loads((bundle / "configs" / "inference.json").read_text())["task"])
+    image = meta["network_data_format"]["inputs"]["image"]
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert image["channel_def"] == {str(i): m for i, m in enumerate(task.modality_names)}
+    assert pred["num_channels"] == len(task.regions)
+    assert [r["name"] for r in pred["regions"].values()] == list(task.region_names)
+    assert {int(k) for k in pred["channel_def"]} == set(task.label_values)  # MONAI Label's label list
+
+
+def test_property_check_names_missing_and_wrong_ids(tmp_path: Path) -> None:
+    cfg = json.loads((BUNDLE_DIRS[0] / "configs" / "train.json").read_text())
+    del cfg["train"]["inferer"]
+    cfg["train"]["dataset"]["transform"] = "@not_train_preprocessing"
+    (tmp_path / "train.json").write_text(json.dumps(cfg))
+    assert bb.config_property_problems(tmp_path / "train.json", "train") == (["train_inferer"], ["train_preprocessing"])
+
+
+def test_verify_without_weights_skips_the_weight_checks(bundle_schema_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    bundle = REPO / "bundles" / "lgg_flair_segmentation"
+    schema = bundle_schema_dir / "meta_schema_20220324.json"
+    assert bundle_main(["verify", str(bundle), "--schema", str(schema)]) == 0
+    out = capsys.readouterr().out
+    assert "PASS verify_metadata" in out and "SKIP strict weights" in out and "0 failed" in out
+    assert bundle_main(["verify", str(bundle), "--schema", str(schema), "--require-weights"]) == 1
+
+
+# ------------------------------------------------------------------- strict weights
+@pytest.fixture(scope="module")
+def lgg_network() -> torch.nn.Module:
+    return bb.bundle_parser(REPO / "bundles" / "lgg_flair_segmentation").get_parsed_content("network_def")
+
+
+def test_load_network_is_strict(lgg_network: torch.nn.Module, tmp_path: Path) -> None:
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in lgg_network.state_dict().items()}
+    good = bb.save_state_dict(state, tmp_path / "good.pt")
+    loaded = bb.load_network(lgg_network, good)
+    assert not loaded.training and torch.equal(loaded.state_dict()["final_conv.weight"], state["final_conv.weight"])
+    torch.save({f"network.{k}": v for k, v in state.items()}, tmp_path / "prefixed.pt")
+    with pytest.raises(ValueError, match="prefixed.pt: weights do not fit the bundle's network_def"):
+        bb.load_network(lgg_network, tmp_path / "prefixed.pt")
+    torch.save({"state_dict": {f"network.{k}": v for k, v in state.items()}, "epoch": 3}, tmp_path / "lightning.pt")
+    with pytest.raises(ValueError, match="not a plain network state_dict"):
+        bb.load_network(lgg_network, tmp_path / "lightning.pt")
+    with pytest.raises(FileNotFoundError, match="absent.pt: no weights"):
+        bb.load_network(lgg_network, tmp_path / "absent.pt")
+
+
+def _lightning_checkpoint(network: torch.nn.Module, path: Path, task: str) -> Path:
+    state = {f"network.{k}": v for k, v in network.state_dict().items()}
+    callbacks = {"ModelCheckpoint{'monitor': 'val/dice_mean'}": {"monitor": "val/dice_mean", "best_model_score": torch.tensor(0.75)}}
+    torch.save({"state_dict": state, "epoch": 7, "hyper_parameters": {"task": task}, "callbacks": callbacks}, path)
+    return path
+
+
+def test_export_writes_plain_weights_and_metrics(lgg_network: torch.nn.Module, tmp_path: Path) -> None:
+    bundle = tmp_path / "lgg_flair_segmentation"
+    shutil.copytree(REPO / "bundles" / "lgg_flair_segmentation", bundle)
+    ckpt = _lightning_checkpoint(lgg_network, tmp_path / "best.ckpt", "lgg")
+    assert bundle_main(["export", "--checkpoint", str(ckpt), "--bundle", str(bundle)]) == 0
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert state.keys() == lgg_network.state_dict().keys()
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["eval_metrics"] == {"best_val_dice_mean": 0.75, "epoch": 7}
+    assert "| best_val_dice_mean | 0.7500 |" in (bundle / "docs" / "README.md").read_text()
+
+
+def test_export_rejects_other_architectures_and_tasks(tmp_path: Path) -> None:
+    from brats_pipeline.networks import build_network
+
+    bundle = tmp_path / "lgg_flair_segmentation"
+    shutil.copytree(REPO / "bundles" / "lgg_flair_segmentation", bundle)
+    small = build_network("unet3d", 3, 1, features=[4, 4, 8, 16, 32, 4])
+    ckpt = _lightning_checkpoint(small, tmp_path / "small.ckpt", "lgg")
+    with pytest.raises(ValueError, match="small.ckpt: weights do not fit the network_def"):
+        bb.export_checkpoint(ckpt, bundle)
+    other = _lightning_checkpoint(small, tmp_path / "brats.ckpt", "brats2021")
+    with pytest.raises(ValueError, match="trained for task 'brats2021'"):
+        bb.export_checkpoint(other, bundle)
+    assert not (bundle / "models" / "model.pt").exists()
+    torch.save({"epoch": 1}, tmp_path / "notlightning.ckpt")
+    assert bundle_main(["export", "--checkpoint", str(tmp_path / "notlightning.ckpt"), "--bundle", str(bundle)]) == 1
+
+
+# ------------------------------------------------------------------ config components
+def test_regions_to_labels_restores_the_task_labels() -> None:
+    from monai.data import MetaTensor
+
+    task = get_task("brats2021")
+    label = np.zeros((6, 5, 4), dtype=np.uint8)
+    label[1:5, 1:4, 1:3], label[2:4, 2:3, 1:3], label[2, 2, 1] = 2, 1, 4
+    regions = MetaTensor(task.labels_to_regions(label).astype(np.float32), affine=torch.diag(torch.tensor([2.0, 2, 2, 1])))
+    out = bb.RegionsToLabelsd("pred", "brats2021")({"pred": regions})["pred"]
+    assert out.shape == (1, 6, 5, 4) and out.dtype == torch.uint8 and torch.equal(out.affine, regions.affine)
+    assert np.array_equal(out[0].numpy(), label)
+    with pytest.raises(ValueError, match=r"expected 3 region channels \('TC', 'WT', 'ET'\)"):
+        bb.RegionsToLabelsd("pred", "brats2021")({"pred": torch.zeros(1, 6, 5, 4)})
+
+
+def test_device_mapping_for_lightning(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (bb.accelerator_of("cpu"), bb.devices_of("cpu"), bb.precision_of("cpu")) == ("cpu", 1, "32-true")
+    assert (bb.accelerator_of(torch.device("cuda:1")), bb.devices_of("cuda:1")) == ("gpu", [1])
+    assert (bb.precision_of("cuda"), bb.precision_of("cuda", amp=False)) == ("bf16-mixed", "32-true")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert bb.ddp_devices() == "auto"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert bb.ddp_devices() == 2
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        bb.accelerator_of("gpu0")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bundle_unit") / "data"
+    write_cohort(root, "brats2021", n_cases=3, n_unlabelled=1, shape=(40, 40, 32), seed=2)
+    return root
+
+
+def test_inference_cases_from_folders_and_datalists(cohort: Path, tmp_path: Path) -> None:
+    cases = bb.inference_cases(cohort, task="brats2021")
+    assert [c["case_id"] for c in cases] == [f"BraTS2021_{i:05d}" for i in range(4)]
+    assert len(cases[0]["image"]) == 4 and "label" not in cases[3]
+    assert len(bb.inference_cases(cohort, task="brats2021", labelled=True)) == 3
+    datalist = write_datalist(build_datalist(cohort, "brats2021", folds=3, seed=0), tmp_path / "dl.json")
+    assert len(bb.inference_cases(datalist=datalist, task="brats2021")) == 4  # training + testing
+    assert len(bb.inference_cases(datalist=datalist, task="brats2021", fold=0)) == 1
+    stacked = tmp_path / "stacked"
+    bb.stack_modalities(cases[0]["image"], stacked / "one.nii.gz")
+    assert bb.inference_cases(stacked, task="brats2021") == [{"case_id": "one", "image": str(stacked / "one.nii.gz")}]
+    with pytest.raises(ValueError, match="datalist of task 'brats2021', but the bundle is for 'lgg'"):
+        bb.inference_cases(datalist=datalist, task="lgg")
+    with pytest.raises(ValueError, match="no labelled cases found"):
+        bb.inference_cases(stacked, task="brats2021", labelled=True)
+    with pytest.raises(FileNotFoundError, match="input folder '/nonexistent' not found"):
+        bb.inference_cases("/nonexistent", task="brats2021")
+    with pytest.raises(ValueError, match="fold=1 needs a datalist"):
+        bb.inference_cases(stacked, task="brats2021", fold=1)
+
+
+def test_stack_writes_modalities_on_the_last_axis(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    case = cohort / "BraTS2021_00000"
+    out = tmp_path / "case.nii.gz"
+    assert bundle_main(["stack", "--case-dir", str(case), "--task", "brats2021", "-o", str(out)]) == 0
+    assert "4 modalities stacked (BraTS2021_00000_t1ce.nii.gz, BraTS2021_00000_t1.nii.gz" in capsys.readouterr().out
+    stacked = nib.load(out)
+    t2 = nib.load(case / "BraTS2021_00000_t2.nii.gz")
+    assert stacked.shape == (*t2.shape, 4) and np.allclose(stacked.affine, t2.affine)
+    assert np.allclose(np.asarray(stacked.dataobj)[..., 2], np.asarray(t2.dataobj))
+    files = bb.case_modality_files(case, "brats2021")
+    with pytest.raises(ValueError, match="task brats2021 needs 4 files"):
+        bb.stack_modalities(files[:3], tmp_path / "x.nii.gz", task="brats2021")
+    moved = tmp_path / "moved.nii.gz"
+    img = nib.load(files[1])
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine @ np.diag([1, 1, 2, 1.0])), moved)
+    with pytest.raises(ValueError, match="moved.nii.gz: grid .* differs from"):
+        bb.stack_modalities([files[0], moved], tmp_path / "x.nii.gz")
+    assert bundle_main(["stack", str(files[0]), "--case-dir", str(case), "-o", str(out)]) == 1
+
+
+def test_preprocessing_rejects_an_image_with_the_wrong_channels(cohort: Path) -> None:
+    transform = bb.inference_preprocessing("brats2021")
+    t1 = str(cohort / "BraTS2021_00000" / "BraTS2021_00000_t1.nii.gz")
+    with pytest.raises(RuntimeError) as excinfo:
+        transform({"image": t1})
+    assert "BraTS2021_00000_t1.nii.gz: expected 4 channels (t1c, t1, t2, flair)" in str(bb.root_cause(excinfo.value))
+    out = transform({"image": bb.case_modality_files(cohort / "BraTS2021_00000", "brats2021")})
+    assert out["image"].shape[0] == 4 and out["image"].applied_operations  # invertible steps recorded
+
+
+def test_case_split_uses_explicit_data_or_the_fold(cohort: Path, tmp_path: Path) -> None:
+    explicit = [{"image": "/x/a.nii.gz", "label": "/x/a_seg.nii.gz"}]
+    assert bb.CaseSplit(dataset_dir="/nonexistent", data=explicit).cases() == explicit  # nothing read
+    train = bb.CaseSplit(dataset_dir=str(cohort), datalist=str(cohort / "datalist.json"), task="brats2021",
+                         fold=0, part="train", output_dir=str(tmp_path))
+    assert len(train.cases()) == 2 and (tmp_path / "datalist.json").is_file()  # discovered, folds recorded
+    assert len(bb.CaseSplit(dataset_dir=str(cohort), fold=-1, part="train", output_dir=str(tmp_path)).cases()) == 3
+    with pytest.raises(FileNotFoundError, match="dataset folder '/nonexistent' not found"):
+        bb.CaseSplit(dataset_dir="/nonexistent").cases()
+    with pytest.raises(ValueError, match="unknown part 'test'"):
+        bb.CaseSplit(part="test")
+    with pytest.raises(ValueError, match="has no 'label'"):
+        bb.split_datamodule(bb.CaseSplit(data=[{"image": "/x/a.nii.gz"}]), bb.CaseSplit(part="validate"),
+                            "brats2021", tmp_path / "split.json")
