@@ -584,7 +584,6 @@ def load_state_dict_strict(network: nn.Module, path: str | os.PathLike) -> nn.Mo
         raise ValueError(f"{path}: expected a state dict (mapping of parameter names), got {type(state).__name__}")
     if state and all(str(k).startswith("network.") for k in state if not str(k).startswith("loss_fn.")):
         state = {k[len("network."):]: v for k, v in state.items() if str(k).startswith("network.")}
-    missing, unexpected = [], []
     own = network.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
