@@ -152,11 +152,17 @@ class BratsSegmentationModule(pl.LightningModule):
         pred = (torch.sigmoid(self.sliding_window(image)) > 0.5).float()
         truth = (label > 0.5).float()
         dice = compute_dice(pred, truth, include_background=True, ignore_empty=False)  # (B, R)
-        self._val_sums[:-1] += dice.sum(0).double()
-        self._val_sums[-1] += dice.shape[0]
+        # 0 for the copy a DDP rank without a case of its own evaluates (BratsDataModule.EvalShardSampler)
+        weight = batch.get("eval_weight")
+        weight = torch.ones(dice.shape[0]) if weight is None else torch.as_tensor(weight).reshape(-1)
+        weight = weight.to(dice.device, torch.float64)
+        self._val_sums[:-1] += (dice.double() * weight[:, None]).sum(0)
+        self._val_sums[-1] += weight.sum()
         if self._want_hd95():
             spacing = _spacing_of(image)
             for b in range(pred.shape[0]):
+                if weight[b] == 0:
+                    continue
                 hd = compute_hausdorff_distance(
                     pred[b : b + 1], truth[b : b + 1], include_background=True, percentile=95, spacing=spacing
                 )[0]

@@ -12,8 +12,11 @@ gives ``samples_per_volume`` random patches (label-balanced), cropped on the CPU
 * ``augmentation_device="cpu"`` (the default without a GPU): stock MONAI per-sample random
   transforms in the loader workers.
 
-Validation/test loaders yield whole volumes (batch size 1); under DDP each rank gets a
-disjoint share of the cases (no padding, so none is counted twice).
+Validation/test loaders yield whole volumes (batch size 1) with an ``eval_weight`` of 1.
+Under DDP each rank gets a disjoint share of the cases (:class:`EvalShardSampler`), so none
+is counted twice; a rank left without a case (fewer cases than ranks) gets a copy of one
+with ``eval_weight`` 0, so that every rank runs the validation loop and meets the others in
+its ``all_reduce``, and the copy is not counted.
 """
 
 from __future__ import annotations
@@ -180,12 +183,17 @@ class BratsDataModule(pl.LightningDataModule):
             self.predict_ds = self._dataset([{k: v for k, v in e.items() if k != "label"} for e in data], self._deterministic(False))
 
     # --------------------------------------------------------------- loaders
-    def _loader(self, dataset: Any, batch_size: int, shuffle: bool) -> Any:
+    def _loader(self, dataset: Any, batch_size: int, shuffle: bool, evaluation: bool = False) -> Any:
         from monai.data import DataLoader, DistributedSampler
 
         workers = self.hparams.num_workers
         sampler = None
-        if not shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if evaluation:
+            dataset = _Weighted(dataset)
+            if distributed:
+                sampler = EvalShardSampler(dataset)
+        elif not shuffle and distributed:
             sampler = DistributedSampler(dataset, shuffle=False, even_divisible=False)
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
@@ -196,10 +204,10 @@ class BratsDataModule(pl.LightningDataModule):
         return self._loader(self.train_ds, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self) -> Any:
-        return self._loader(self.val_ds, 1, shuffle=False)
+        return self._loader(self.val_ds, 1, shuffle=False, evaluation=True)
 
     def test_dataloader(self) -> Any:
-        return self._loader(self.val_ds, 1, shuffle=False)
+        return self._loader(self.val_ds, 1, shuffle=False, evaluation=True)
 
     def predict_dataloader(self) -> Any:
         return self._loader(self.predict_ds, 1, shuffle=False)
@@ -222,3 +230,45 @@ class BratsDataModule(pl.LightningDataModule):
 
 def _plain(x: Any) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+class _Weighted(torch.utils.data.Dataset):
+    """An evaluation dataset whose items carry ``eval_weight``: 1, or 0 for an index past the end.
+
+    Index ``len + k`` is a copy of case ``k`` with weight 0: :class:`EvalShardSampler` hands
+    it to a rank that has no case of its own.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        n = len(self.dataset)
+        item = self.dataset[index % n]
+        return {**item, "eval_weight": 1.0 if index < n else 0.0}
+
+
+class EvalShardSampler(torch.utils.data.DistributedSampler):
+    """Rank ``r`` of ``W`` evaluates cases ``r, r + W, ...``: disjoint shares, none padded or repeated.
+
+    A rank with no case (fewer cases than ranks) gets index ``len(dataset) + r % len``, which
+    :class:`_Weighted` turns into a weight-0 copy: every rank then runs the loop (Lightning
+    skips a loop with no batches, which would leave the other ranks waiting in the metric
+    ``all_reduce``) and nothing is counted twice. A subclass of ``DistributedSampler``, so
+    Lightning does not wrap it in another one.
+    """
+
+    def __init__(self, dataset: Any, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        n = len(dataset)
+        self.indices = list(range(self.rank, n, self.num_replicas)) or ([n + self.rank % n] if n else [])
+        self.num_samples = len(self.indices)
+
+    def __iter__(self) -> Any:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return self.num_samples

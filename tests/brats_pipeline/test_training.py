@@ -252,7 +252,7 @@ def test_ddp_two_processes_give_the_same_validation_dice(datalist: Path, tmp_pat
     ckpt = tmp_path / "fit" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
     script = Path(__file__).with_name("_ddp_validate.py")
     results = {}
-    for devices in (1, 2):
+    for devices in (1, 2, 4):  # 4 ranks > 3 cases: a rank without a case must not hang or count twice
         out = tmp_path / f"val{devices}.json"
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         run = subprocess.run(
@@ -265,9 +265,10 @@ def test_ddp_two_processes_give_the_same_validation_dice(datalist: Path, tmp_pat
         )
         assert run.returncode == 0, run.stderr[-3000:]
         results[devices] = json.loads(out.read_text())
-    assert results[1]["val/cases"] == results[2]["val/cases"] == 3.0  # 3 validation cases, none counted twice
+    assert results[1]["val/cases"] == results[2]["val/cases"] == results[4]["val/cases"] == 3.0  # none counted twice
     for key in ("val/dice_TC", "val/dice_WT", "val/dice_ET", "val/dice_mean"):
         assert results[2][key] == pytest.approx(results[1][key], abs=1e-5)
+        assert results[4][key] == pytest.approx(results[1][key], abs=1e-5)
     assert np.isfinite(results[1]["val/dice_mean"])
 
 
@@ -286,3 +287,17 @@ def test_lgg_config_trains_on_the_real_data(lgg_dir: Path, tmp_path: Path) -> No
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["hyper_parameters"]["task"] == "lgg" and ckpt["hyper_parameters"]["in_channels"] == 3
     assert ckpt["state_dict"]["network.final_conv.weight"].shape[0] == 1  # one region: WT
+
+
+@pytest.mark.parametrize("cases,ranks", [(3, 2), (3, 4), (1, 2), (5, 5)])
+def test_evaluation_shards_are_disjoint_and_every_rank_gets_a_batch(cases: int, ranks: int) -> None:
+    from brats_pipeline.data.datamodule import EvalShardSampler, _Weighted
+
+    dataset = _Weighted([{"case_id": f"c{i}"} for i in range(cases)])
+    counted = []
+    for rank in range(ranks):
+        items = [dataset[i] for i in EvalShardSampler(dataset, num_replicas=ranks, rank=rank)]
+        assert items, f"rank {rank} of {ranks} has no batch: Lightning would skip its loop and the others would hang"
+        counted += [item["case_id"] for item in items if item["eval_weight"] == 1.0]
+        assert all(item["eval_weight"] in (0.0, 1.0) for item in items)
+    assert sorted(counted) == [f"c{i}" for i in range(cases)]  # every case counted exactly once
