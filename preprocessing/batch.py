@@ -1,9 +1,10 @@
 """Many cases through :func:`preprocessing.pipeline.preprocess_case`: shards, workers, manifest, datalist.
 
-* **Sharding** (:func:`shard_of`): case *c* belongs to shard ``sha256(case_id) mod N``. Shards
-  are disjoint, together cover the cohort, and a case's shard never changes when cases are
-  added or listed in another order: a SLURM job array with ``--shard $SLURM_ARRAY_TASK_ID/N``
-  splits a cohort reproducibly, and a re-run of one array task redoes the same cases.
+* **Sharding** (:mod:`brats_pipeline.data.sharding`, shared with ``brats-infer``): the cases
+  sorted by case id, shard ``I`` of ``N`` takes every ``N``-th from position ``I``. Shards are
+  disjoint, together cover the cohort, differ in size by at most one and do not depend on the
+  input order: a SLURM job array with ``--shard $SLURM_ARRAY_TASK_ID/N`` splits a cohort
+  reproducibly, and a re-run of one array task redoes the same cases.
 * **Workers**: cases run in a process pool (``spawn``); each worker gives SimpleITK
   ``threads`` threads. One worker runs in the calling process.
 * **Resuming**: a case whose sidecar says it finished with the same inputs and settings,
@@ -19,7 +20,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -31,6 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brats_pipeline.data.sharding import (
+    manifest_stem,
+    parse_shard,  # noqa: F401  (re-exported: the CLIs and tests import it from here)
+)
+from brats_pipeline.data.sharding import select_shard as _select_shard
 from preprocessing.io import ImageFileError, write_json
 from preprocessing.pipeline import (
     SIDECAR_SUFFIX,
@@ -46,32 +51,14 @@ log = logging.getLogger(__name__)
 MANIFEST_FIELDS = ("case_id", "status", "duration_s", "error")
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``.
-
-    Raises:
-        ValueError: not of that form.
-    """
-    try:
-        index, count = (int(v) for v in str(text).split("/"))
-    except ValueError:
-        raise ValueError(f"shard must look like I/N (e.g. 0/4), got {text!r}") from None
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard {text!r}: need N >= 1 and 0 <= I < N (I is 0-based)")
-    return index, count
-
-
-def shard_of(case_id: str, count: int) -> int:
-    """The shard (0-based, of ``count``) a case belongs to: ``sha256(case_id) mod count``."""
-    return int(hashlib.sha256(case_id.encode("utf-8")).hexdigest(), 16) % count
-
-
 def select_shard(cases: Sequence[Case], shard: tuple[int, int] | None) -> list[Case]:
-    """The cases of shard ``(I, N)`` in input order (all cases if ``shard`` is ``None``)."""
+    """The cases of shard ``(I, N)`` in case-id order (all cases, in input order, if ``shard`` is ``None``).
+
+    See :func:`brats_pipeline.data.sharding.select_shard`.
+    """
     if shard is None:
         return list(cases)
-    index, count = shard
-    return [c for c in cases if shard_of(c.case_id, count) == index]
+    return _select_shard(cases, *shard)
 
 
 @dataclass
@@ -83,6 +70,16 @@ class CaseStatus:
     duration_s: float = 0.0
     error: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
+
+
+def _bad_input_keys(bad_inputs: Sequence[CaseStatus]) -> list[tuple[str, CaseStatus]]:
+    """Shard keys of inputs that never became cases; unique even for repeated ids (e.g. ``?``)."""
+    seen: dict[str, int] = {}
+    keyed = []
+    for status in sorted(bad_inputs, key=lambda b: (b.case_id, b.error)):
+        n = seen[status.case_id] = seen.get(status.case_id, -1) + 1
+        keyed.append((status.case_id if n == 0 else f"{status.case_id}\0{n}", status))
+    return keyed
 
 
 @dataclass
@@ -125,7 +122,7 @@ def _describe(exc: BaseException) -> str:
 
 def manifest_paths(out_dir: str | os.PathLike, shard: tuple[int, int] | None = None) -> tuple[Path, Path]:
     """``OUT/manifest.json`` and ``.csv`` (``manifest.shard-I-of-N.*`` for a shard)."""
-    stem = "manifest" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}"
+    stem = manifest_stem(shard)
     return Path(out_dir) / f"{stem}.json", Path(out_dir) / f"{stem}.csv"
 
 
@@ -180,7 +177,7 @@ def run_batch(
         out_dir: output root.
         workers: processes working on cases at once.
         threads: SimpleITK threads per worker (default: CPU cores / workers, at least 1).
-        shard: ``(I, N)`` to process only shard I of N (:func:`shard_of`).
+        shard: ``(I, N)`` to process only shard I of N (:func:`select_shard`).
         overwrite: redo finished cases.
         progress: show a tqdm bar.
         bad_inputs: cases that could not even be described (e.g. a missing modality found
@@ -199,8 +196,14 @@ def run_batch(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
-    mine = select_shard(cases, shard)
-    bad = [b for b in bad_inputs if shard is None or shard_of(b.case_id, shard[1]) == shard[0]]
+    bad_inputs = list(bad_inputs)
+    if shard is None:
+        mine, bad = list(cases), bad_inputs
+    else:  # cases and bad inputs are sharded together: every input lands in exactly one shard
+        keyed = [(c.case_id, c) for c in cases] + _bad_input_keys(bad_inputs)
+        chosen = [item for _, item in _select_shard(keyed, *shard, key=lambda pair: pair[0])]
+        mine = [c for c in chosen if isinstance(c, Case)]
+        bad = [b for b in chosen if isinstance(b, CaseStatus)]
     statuses: list[CaseStatus] = list(bad)
     extra = {"output": str(out_dir.resolve()), "config": config.to_dict(), "workers": workers, "threads": threads}
 

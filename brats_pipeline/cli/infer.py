@@ -8,7 +8,7 @@ Examples::
 
 Writes ``OUT/<case_id>.nii.gz`` (uint8, the task's labels), optionally
 ``OUT/probabilities/<case_id>.nii.gz``, and ``OUT/manifest.json`` (per shard:
-``manifest.shard<I>of<N>.json``). Exit status 0 when every case succeeded (or was already
+``manifest.shard-I-of-N.json``, as brats-preprocess). Exit status 0 when every case succeeded (or was already
 done), 1 when any case failed (the others are still written), 2 for bad arguments.
 """
 
@@ -56,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--et-min-voxels", type=int, default=0, metavar="N", help="relabel ET smaller than N voxels as necrosis")
     p.add_argument("--save-probabilities", action="store_true", help="also write OUT/probabilities/<case>.nii.gz")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist (default: skip = resume)")
-    p.add_argument("--shard", metavar="I/N", help="only every N-th case starting at I (0 <= I < N), e.g. for SLURM arrays")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="shard I of N (0 <= I < N) for job arrays: the cases sorted by case id, every N-th from position I; "
+        "the manifest is then OUT/manifest.shard-I-of-N.json (merge: python -m brats_pipeline.data.sharding merge)",
+    )
     p.add_argument("--loader-threads", type=int, default=2, help="cases read ahead concurrently (default 2)")
     p.add_argument("--writer-threads", type=int, default=2, help="cases written concurrently (default 2)")
     p.add_argument("--read-threads", type=int, default=4, help="modality files decoded concurrently per case (default 4)")
@@ -134,6 +139,7 @@ def build_predictor(args: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``brats-infer``; returns the exit status (0 all done, 1 some case failed, 2 bad arguments)."""
     args = build_parser().parse_args(argv)
+    from brats_pipeline.data.sharding import manifest_stem
     from brats_pipeline.inference.batch import parse_shard, select_shard
 
     try:
@@ -146,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = "manifest.json"
     if shard is not None:
         cases = select_shard(cases, *shard)
-        manifest = f"manifest.shard{shard[0]}of{shard[1]}.json"
+        manifest = f"{manifest_stem(shard)}.json"
     if not cases:
         print(f"brats-infer: error: no cases to predict in {args.input}", file=sys.stderr)
         return 2

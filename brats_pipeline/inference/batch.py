@@ -33,6 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from brats_pipeline.data.sharding import (
+    case_key,
+    parse_shard,  # noqa: F401  (re-exported: the CLIs and tests import it from here)
+)
+from brats_pipeline.data.sharding import select_shard as _select_shard
+
 if TYPE_CHECKING:
     from brats_pipeline.inference.predictor import Predictor
 
@@ -49,23 +55,25 @@ def probability_path(out_dir: str | os.PathLike, case_id: str) -> Path:
     return Path(out_dir) / "probabilities" / f"{case_id}.nii.gz"
 
 
-def parse_shard(spec: str) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N`` (SLURM: ``--shard $SLURM_ARRAY_TASK_ID/$N``)."""
+def shard_key(case: Mapping[Hashable, Any]) -> str:
+    """The id a case is sharded by: its ``case_id`` (or the one its image file names give).
+
+    An entry too broken to name (no ``case_id``, no usable ``image``) is keyed by its own
+    content, so that it still lands in exactly one shard and is reported failed there.
+    """
+    from brats_pipeline.inference.loading import case_id_of
+
     try:
-        index_s, count_s = spec.split("/")
-        index, count = int(index_s), int(count_s)
-    except ValueError as exc:
-        raise ValueError(f"shard must look like I/N (e.g. 0/4), got {spec!r}") from exc
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard {spec!r}: need N >= 1 and 0 <= I < N")
-    return index, count
+        return case_id_of(case)
+    except (ValueError, KeyError, TypeError, IndexError):
+        import json
+
+        return json.dumps(case, sort_keys=True, default=str)
 
 
 def select_shard(cases: Sequence[Any], index: int, count: int) -> list[Any]:
-    """Every ``count``-th case starting at ``index`` (the shards partition ``cases``)."""
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard {index}/{count}: need count >= 1 and 0 <= index < count")
-    return list(cases)[index::count]
+    """Shard ``index`` of ``count``: every ``count``-th case in case-id order (:mod:`brats_pipeline.data.sharding`)."""
+    return _select_shard(cases, index, count, key=lambda c: shard_key(c) if isinstance(c, Mapping) else case_key(c))
 
 
 class _Manifest:

@@ -269,7 +269,7 @@ def test_cli_batch_is_resumable_and_exits_nonzero_on_a_bad_case(tmp_path: Path) 
     # shards write their own manifests
     assert infer_main(["-i", str(tmp_path / "dl.json"), "-o", str(tmp_path / "s"), "--checkpoint", str(ckpt), "--device", "cpu",
                        "--shard", "0/2", "--no-progress"]) == 0  # case 1, the broken one, is in shard 1
-    shard = json.loads((tmp_path / "s" / "manifest.shard0of2.json").read_text())
+    shard = json.loads((tmp_path / "s" / "manifest.shard-0-of-2.json").read_text())
     assert [c["case_id"] for c in shard["cases"]] == [e["case_id"] for e in dl["training"][0::2]]
 
 
