@@ -241,10 +241,9 @@ class SaveBestNetwork(Callback):
             state = {k: v.detach().cpu() for k, v in pl_module.network.state_dict().items()}
             source = "final weights (no validation ran, so there is no best checkpoint)"
             logger.warning("SaveBestNetwork: writing the %s", source)
-        expected = set(pl_module.network.state_dict())
-        if set(state) != expected:
-            raise ValueError(f"{best}: network keys differ from the model's: missing "
-                             f"{sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
+        from brats_pipeline.networks import check_state_dict_keys
+
+        check_state_dict_keys(pl_module.network, state, best or "the final weights")
         save_state_dict(state, self.path)
         logger.info("wrote %s from the %s", self.path, source)
 

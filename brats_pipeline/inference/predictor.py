@@ -584,14 +584,9 @@ def load_state_dict_strict(network: nn.Module, path: str | os.PathLike) -> nn.Mo
         raise ValueError(f"{path}: expected a state dict (mapping of parameter names), got {type(state).__name__}")
     if state and all(str(k).startswith("network.") for k in state if not str(k).startswith("loss_fn.")):
         state = {k[len("network."):]: v for k, v in state.items() if str(k).startswith("network.")}
-    own = network.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: weights do not match the network: {len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}"
-        )
+    from brats_pipeline.networks import check_state_dict_keys
+
+    check_state_dict_keys(network, state, str(path))
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -30,6 +30,7 @@ __all__ = [
     "NETWORKS",
     "NetworkSpec",
     "build_network",
+    "check_state_dict_keys",
     "count_parameters",
     "get_network_spec",
     "network_names",
@@ -199,3 +200,24 @@ def build_network(
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters of ``module`` (all, or only those with ``requires_grad``)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def check_state_dict_keys(network: nn.Module, state: Any, source: str) -> None:
+    """Raise unless ``state`` has exactly ``network``'s state-dict keys.
+
+    Args:
+        network: the module the weights are for.
+        state: a mapping of parameter/buffer names (a state dict).
+        source: where the weights came from (a file), named first in the error.
+
+    Raises:
+        ValueError: ``"<source>: weights do not match the network: N missing keys [...], M
+            unexpected keys [...]"`` (the first five of each, sorted).
+    """
+    own, theirs = set(network.state_dict()), set(map(str, state))
+    missing, unexpected = sorted(own - theirs), sorted(theirs - own)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: weights do not match the network: {len(missing)} missing keys {missing[:5]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:5]}"
+        )

@@ -335,3 +335,14 @@ def test_wrong_shapes_in_weight_file_are_reported(tmp_path):
     torch.save(state, path)
     with pytest.raises(ValueError, match="wide.pth.*shape mismatch in.*features.18.0.weight"):
         load_encoder_weights(MobileNetV2Encoder(3), path)
+
+
+def test_check_state_dict_keys_names_the_source_and_the_keys() -> None:
+    from brats_pipeline.networks import check_state_dict_keys
+
+    net = build_network("unet3d", 4, 3, features=(4, 4, 8, 8, 16, 4))
+    state = net.state_dict()
+    check_state_dict_keys(net, state, "model.pt")  # exact keys: no error
+    wrong = {**{k: v for k, v in state.items() if not k.startswith("final_conv")}, "head.weight": state["final_conv.weight"]}
+    with pytest.raises(ValueError, match=r"^model\.pt: weights do not match the network: 2 missing keys \['final_conv.bias', 'final_conv.weight'\], 1 unexpected keys \['head.weight'\]"):
+        check_state_dict_keys(net, wrong, "model.pt")
