@@ -2,7 +2,7 @@
 
 1. **synthesise** a skull-stripped brats2021 cohort (``brats_pipeline.data.synthetic``):
    ``--cases`` for training/validation and ``--test-cases`` held out, all from ``--seed``;
-2. **preprocess** every case with the ITK stage (``preprocessing.pipeline.preprocess_case``)
+2. **preprocess** every case with the ITK stage (``preprocessing.batch.run_batch``)
    on cheap settings — N4 on a 4x-shrunk image with two short fitting levels, reorientation,
    crop to the head, z-score in the mask; no registration, since the phantoms' modalities
    are aligned by construction — and build the datalists (4 patient-level folds);
@@ -95,8 +95,9 @@ def synthesise(raw: Path, n_cases: int, shape: Sequence[int], seed: int) -> None
 def preprocess(raw: Path, out: Path, seed: int) -> str:
     """Run the ITK stage on every case of ``raw`` into ``out``; returns a note on what was done."""
     from brats_pipeline.data.datalist import build_datalist
+    from preprocessing.batch import run_batch
     from preprocessing.n4 import N4Config
-    from preprocessing.pipeline import PreprocessConfig, case_from_entry, preprocess_case
+    from preprocessing.pipeline import PreprocessConfig, case_from_entry
 
     config = PreprocessConfig(
         task="brats2021", reference="t1c", spacing=None, register=False, n4=True,
@@ -104,8 +105,11 @@ def preprocess(raw: Path, out: Path, seed: int) -> str:
     )
     datalist = build_datalist(raw, "brats2021", folds=2, seed=seed, check="none")
     modalities = list(datalist["modality"].values())
-    for entry in datalist["training"]:
-        preprocess_case(case_from_entry(entry, modalities), config, out)
+    cases = [case_from_entry(entry, modalities) for entry in datalist["training"]]
+    result = run_batch(cases, config, out, workers=1)  # a tqdm bar, out/manifest.json; a re-run skips finished cases
+    if result.n_failed:
+        failed = [f"{s.case_id}: {(s.error or '').splitlines()[0]}" for s in result.statuses if s.status == "failed"]
+        raise RuntimeError(f"preprocessing failed for {result.n_failed} case(s) (see {result.manifest_json}): {failed}")
     return "ITK stage: N4 (shrink 4, 2x20 iterations), RAS, crop to head, z-score in mask; no registration (phantoms are aligned)"
 
 

@@ -27,6 +27,10 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert set(result["dice_mean"]) == {"TC", "WT", "ET"}
     test_cases = json.loads((out / "test_datalist.json").read_text())["testing"]
     assert len(test_cases) == 2
+    train_cases = json.loads((out / "train_datalist.json").read_text())["training"]
+    manifest = json.loads((out / "preprocessed" / "manifest.json").read_text())["cases"]  # run_batch's
+    assert sorted(r["case_id"] for r in manifest) == sorted(c["case_id"] for c in train_cases + test_cases)
+    assert {r["status"] for r in manifest} == {"ok"}
     for case in test_cases:
         pred = nib.load(str(out / "predictions" / f"{case['case_id']}.nii.gz"))
         ref = nib.load(str(out / case["image"][0]) if not Path(case["image"][0]).is_absolute() else case["image"][0])
