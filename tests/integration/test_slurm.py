@@ -13,6 +13,8 @@ temporary folders must then be visible to its nodes, e.g. ``pytest --basetemp`` 
    published, every case is predicted exactly once, and one merged evaluation is written.
 2. A training job signalled with ``scancel --signal=USR1`` is requeued by Lightning's
    SLURMEnvironment and the restarted job resumes from its checkpoint: it does not start over.
+3. ``train_ddp.sbatch`` in bundle mode: ``python -m monai.bundle run`` with the bundle's
+   ``multi_gpu_train.json``, 2 CPU processes under srun, writes the bundle's ``models/model.pt``.
 """
 
 from __future__ import annotations
@@ -245,3 +247,33 @@ def test_usr1_requeues_training_and_it_resumes(slurm_env: dict[str, str], tmp_pa
     last = _ckpt(next(run_dir.glob("runs/*/*/version_1/checkpoints/last.ckpt")))
     assert last["epoch"] == epochs - 1
     assert (run_dir / "model.ckpt").is_file()
+
+
+# ------------------------------------------------------------------------------- bundle mode
+def test_bundle_mode_trains_with_two_ranks_under_srun(slurm_env: dict[str, str], tmp_path: Path) -> None:
+    from brats_pipeline.data.datalist import build_datalist, write_datalist
+    from brats_pipeline.data.synthetic import write_cohort
+
+    write_cohort(tmp_path / "raw", "brats2021", n_cases=4, shape=(48, 48, 32), seed=2)
+    datalist = write_datalist(build_datalist(tmp_path / "raw", "brats2021", folds=2, seed=0), tmp_path / "datalist.json")
+    bundle = tmp_path / "brats_unet3d_segmentation"  # a copy: the run writes the bundle's models/model.pt
+    shutil.copytree(REPO / "bundles" / bundle.name, bundle, ignore=shutil.ignore_patterns("*.pt", "*.ts", "runs", "eval"))
+    run_dir = tmp_path / "run"
+    tiny = "--epochs 1 --val_interval 1 --roi_size [32,32,32] --network_def#features [4,4,8,16,32,4] " \
+           "--train#datamodule#num_workers 0"
+    env = {**slurm_env, "TRAIN_MODE": "bundle", "BUNDLE": str(bundle), "DATALIST": str(datalist),
+           "RUN_DIR": str(run_dir), "TRAIN_ACCELERATOR": "cpu", "TRAIN_ARGS": tiny}
+    log = tmp_path / "bundle.out"
+    job_id = _run(["sbatch", "--parsable", *SMALL_JOBS.split(), "--ntasks-per-node=2", f"--output={log}",
+                   str(SLURM_DIR / "train_ddp.sbatch")], env).stdout.strip().split(";")[0]
+    (final,) = _wait([job_id], env, 600)[job_id]
+    text = log.read_text(errors="replace")
+    assert final["JobState"] == "COMPLETED", text[-4000:]
+    assert "monai.bundle run" in text and "multi_gpu_train.json" in text, text[-4000:]
+    assert "MEMBER: 2/2" in text and "distributed_backend=gloo" in text, text[-4000:]  # 2 ranks from Slurm
+    model = bundle / "models" / "model.pt"
+    assert model.is_file(), text[-4000:]
+    import torch
+
+    state = torch.load(model, map_location="cpu", weights_only=True)
+    assert state["final_conv.weight"].shape[:2] == (3, 4)  # 3 regions, the tiny network's last 4 features
