@@ -54,6 +54,7 @@ from brats_pipeline.bundle.tools import (
 from brats_pipeline.bundle.training import (
     CaseSplit,
     SaveBestNetwork,
+    SlurmRequeue,
     TrainingCurves,
     accelerator_of,
     ddp_devices,
@@ -67,7 +68,7 @@ from brats_pipeline.bundle.training import (
 
 __all__ = [
     "BUNDLES", "CONFIG_FILES", "MODEL_FILE", "SCHEMA_URL", "BundleRunner", "BundleSpec", "CaseOutcome", "CaseScorer",
-    "CaseSplit", "Check", "CheckChannelsd", "LabelWriter", "RegionsToLabelsd", "SaveBestNetwork", "TrainingCurves",
+    "CaseSplit", "Check", "CheckChannelsd", "LabelWriter", "RegionsToLabelsd", "SaveBestNetwork", "SlurmRequeue", "TrainingCurves",
     "accelerator_of", "as_device", "bundle_parser", "case_id_of", "case_modality_files", "check_bundle",
     "config_property_problems", "ddp_devices", "devices_of", "export_checkpoint", "get_bundle_spec", "image_files",
     "inference_cases", "inference_preprocessing", "load_cases", "load_network", "network_state_dict",

@@ -173,6 +173,7 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
                 {"_target_": "pytorch_lightning.callbacks.EarlyStopping", "monitor": "val/dice_mean", "mode": "max",
                  "patience": 20},
                 {"_target_": "brats_pipeline.bundle.TrainingCurves"},
+                {"_target_": "brats_pipeline.bundle.SlurmRequeue"},
                 {"_target_": "brats_pipeline.bundle.SaveBestNetwork", "path": "$@ckpt_dir + '/model.pt'"},
             ],
             "logger": [

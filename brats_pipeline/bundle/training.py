@@ -8,7 +8,8 @@
   the bundle's ``device`` (a ``torch.device``, or a string such as MONAI Label's ``"cuda"``)
   to Lightning ``Trainer`` arguments;
 * :class:`SaveBestNetwork` writes ``models/model.pt`` (the plain network ``state_dict`` of
-  the best epoch) at the end of ``fit``; :class:`TrainingCurves` draws loss and Dice.
+  the best epoch) at the end of ``fit``; ``TrainingCurves`` (loss and Dice) and
+  ``SlurmRequeue`` (preemption under Slurm) are :mod:`brats_pipeline.callbacks`'.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from pytorch_lightning import Callback
 
 from brats_pipeline.bundle.inference import as_device, case_id_of
+from brats_pipeline.callbacks import SlurmRequeue, TrainingCurves  # noqa: F401  (train.json names them here)
 from brats_pipeline.constants import Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -246,29 +248,4 @@ class SaveBestNetwork(Callback):
         check_state_dict_keys(pl_module.network, state, best or "the final weights")
         save_state_dict(state, self.path)
         logger.info("wrote %s from the %s", self.path, source)
-
-
-class TrainingCurves(Callback):
-    """Collect epoch metrics; write ``training_curves.png`` (loss, Dice) beside the logs at the end of ``fit``.
-
-    The same figure as ``brats-train``'s callback, but safe under DDP: ``trainer.log_dir`` is
-    a collective (a broadcast), so every rank asks for it before rank 0 plots.
-    """
-
-    def __init__(self, filename: str = "training_curves.png") -> None:
-        self.filename = filename
-        self.history: list[dict[str, float]] = []
-
-    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.sanity_checking:
-            return
-        row = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-        self.history.append({**row, "epoch": trainer.current_epoch})
-
-    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        out_dir = trainer.log_dir or trainer.default_root_dir  # every rank: a broadcast under DDP
-        if trainer.is_global_zero and self.history:
-            from brats_pipeline.viz import plot_training_curves
-
-            plot_training_curves(self.history, Path(out_dir) / self.filename)
 

@@ -178,7 +178,7 @@ def train(datalist: Path, run_dir: Path, s: dict[str, Any], seed: int, accelerat
     import torch
     from pytorch_lightning.loggers import CSVLogger
 
-    from brats_pipeline.cli.train import TrainingCurves
+    from brats_pipeline.callbacks import TrainingCurves
     from brats_pipeline.module import BratsSegmentationModule
 
     pl.seed_everything(seed, workers=True, verbose=False)

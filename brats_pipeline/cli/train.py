@@ -4,60 +4,24 @@
 (also ``validate``, ``test``, ``predict``; ``--print_config`` shows every option). The model's
 ``task`` and ``in_channels`` follow the datalist; a best-Dice and a last checkpoint are always
 kept (``--checkpoint.*`` configures the best one; ``last.ckpt`` is rewritten every epoch), early stopping is configurable (``--early_stopping.patience``), and a
-PNG of the loss/Dice curves is written beside the logs at the end of ``fit``.
+PNG of the loss/Dice curves is written beside the logs at the end of ``fit``. Under Slurm,
+``SIGUSR1`` saves an HPC checkpoint on every rank at the same step and requeues the job
+(:class:`~brats_pipeline.callbacks.SlurmRequeue`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from brats_pipeline.callbacks import LastCheckpoint, SlurmRequeue, TrainingCurves
 from brats_pipeline.data.datamodule import BratsDataModule
 from brats_pipeline.module import BratsSegmentationModule
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-class TrainingCurves(Callback):
-    """Collect epoch metrics and write ``training_curves.png`` (loss and Dice) at the end of fit."""
-
-    def __init__(self, filename: str = "training_curves.png") -> None:
-        self.filename = filename
-        self.history: list[dict[str, float]] = []
-
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
-        if trainer.sanity_checking:
-            return
-        row = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-        row["epoch"] = trainer.current_epoch
-        self.history.append(row)
-
-    def on_fit_end(self, trainer: Trainer, pl_module: Any) -> None:
-        log_dir = trainer.log_dir  # every rank must ask: it broadcasts under DDP
-        if not trainer.is_global_zero or not self.history:
-            return
-        from brats_pipeline.viz import plot_training_curves
-
-        out = Path(log_dir or trainer.default_root_dir) / self.filename
-        plot_training_curves(self.history, out)
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """Write ``last.ckpt`` at the end of *every* epoch, for resuming after a kill or preemption.
-
-    Lightning's ``save_last=True`` refreshes ``last.ckpt`` only when the monitored checkpoint
-    improves, so a preempted job would resume from its best epoch and redo the rest.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(
-            filename="last", monitor=None, save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True
-        )
 
 
 class BratsCLI(LightningCLI):
@@ -87,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     BratsCLI(
         BratsSegmentationModule,
         BratsDataModule,
-        trainer_defaults={"callbacks": [TrainingCurves(), LastCheckpoint()]},
+        trainer_defaults={"callbacks": [TrainingCurves(), LastCheckpoint(), SlurmRequeue()]},
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=list(argv) if argv is not None else None,

@@ -11,8 +11,9 @@ temporary folders must then be visible to its nodes, e.g. ``pytest --basetemp`` 
    collect pass -> DDP training with 2 CPU processes under srun (gloo), 1 epoch -> an inference
    array of 2 -> evaluation. Every case is preprocessed exactly once, a checkpoint is
    published, every case is predicted exactly once, and one merged evaluation is written.
-2. A training job signalled with ``scancel --signal=USR1`` is requeued by Lightning's
-   SLURMEnvironment and the restarted job resumes from its checkpoint: it does not start over.
+2. A training job signalled with ``scancel --signal=USR1`` saves one checkpoint on both ranks
+   and is requeued (``brats_pipeline.callbacks.SlurmRequeue``); the restarted job resumes from
+   that checkpoint: it does not start over.
 3. ``train_ddp.sbatch`` in bundle mode: ``python -m monai.bundle run`` with the bundle's
    ``multi_gpu_train.json``, 2 CPU processes under srun, writes the bundle's ``models/model.pt``.
 """
@@ -180,7 +181,7 @@ def test_pipeline_chain_on_a_one_node_cluster(slurm_env: dict[str, str], tmp_pat
     # a checkpoint, trained by 2 DDP processes (gloo) started by srun
     train_log = next((work / "slurm").glob("brats-train-*.out")).read_text()
     assert "distributed_backend=gloo" in train_log and "Starting with 2 processes" in train_log, train_log[-3000:]
-    assert "SLURM auto-requeueing enabled" in train_log
+    assert "SlurmRequeue: on SIGUSR1 every rank saves one checkpoint" in train_log
     model = _ckpt(work / "train" / "model.ckpt")
     assert model["epoch"] == 0 and model["hyper_parameters"]["task"] == "brats2021"
     assert list((work / "train" / "checkpoints").glob("epoch000-*.ckpt"))
@@ -230,8 +231,8 @@ def test_usr1_requeues_training_and_it_resumes(slurm_env: dict[str, str], tmp_pa
     text = log.read_text(errors="replace")
     assert final["JobState"] == "COMPLETED", text[-4000:]
     assert final["Restarts"] == "1", text[-4000:]  # requeued once
-    assert "Handling auto-requeue signal" in text and f"Requeued SLURM job: {job_id}" in text, text[-4000:]
-    assert (run_dir / "hpc_ckpt_1.ckpt").is_file()  # Lightning's SIGUSR1 handler saved before requeueing
+    assert "SlurmRequeue: SIGUSR1 received" in text and f"SlurmRequeue: requeued Slurm job {job_id}" in text, text[-4000:]
+    assert (run_dir / "hpc_ckpt_1.ckpt").is_file()  # saved by both ranks at one step before requeueing
 
     # the restarted job resumed from a checkpoint of the first run ...
     resume_lines = [line for line in text.splitlines() if line.startswith("train_ddp: job") and "restart 1" in line]
