@@ -98,7 +98,6 @@ class SlurmRequeue(Callback):
         self.signum = signal.Signals(signum)
         self.requeue = requeue
         self.received = False
-        self.checkpoint: Path | None = None
         self._previous: Any = None
         self._installed = False
 
@@ -108,13 +107,14 @@ class SlurmRequeue(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
         # after Lightning registered its handlers (fit start), so this one is the one that runs
-        if slurm_job_id() is None or not _main_thread():
+        job_id = slurm_job_id()
+        if job_id is None or not _main_thread():
             return
         self._previous = signal.signal(self.signum, self._handler)
         self._installed = True
         if trainer.is_global_zero:
             print(f"SlurmRequeue: on {self.signum.name} every rank saves one checkpoint at the same step, "
-                  f"then job {slurm_job_id()} is {'requeued' if self.requeue else 'stopped'}", flush=True)
+                  f"then job {job_id} is {'requeued' if self.requeue else 'stopped'}", flush=True)
 
     def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
         self._restore()
@@ -139,7 +139,6 @@ class SlurmRequeue(Callback):
         self.received = False
         path = Path(trainer._checkpoint_connector.hpc_save_path(str(trainer.default_root_dir)))
         trainer.save_checkpoint(path)  # every rank, at the same step: the save's barrier is met
-        self.checkpoint = path
         stop = False
         if trainer.is_global_zero:
             print(f"SlurmRequeue: {self.signum.name} received at epoch {trainer.current_epoch}, step "

@@ -54,8 +54,6 @@ from brats_pipeline.bundle.tools import (
 from brats_pipeline.bundle.training import (
     CaseSplit,
     SaveBestNetwork,
-    SlurmRequeue,
-    TrainingCurves,
     accelerator_of,
     ddp_devices,
     devices_of,
@@ -65,6 +63,7 @@ from brats_pipeline.bundle.training import (
     save_state_dict,
     split_datamodule,
 )
+from brats_pipeline.callbacks import SlurmRequeue, TrainingCurves
 
 __all__ = [
     "BUNDLES", "CONFIG_FILES", "MODEL_FILE", "SCHEMA_URL", "BundleRunner", "BundleSpec", "CaseOutcome", "CaseScorer",

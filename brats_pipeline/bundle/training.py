@@ -8,8 +8,9 @@
   the bundle's ``device`` (a ``torch.device``, or a string such as MONAI Label's ``"cuda"``)
   to Lightning ``Trainer`` arguments;
 * :class:`SaveBestNetwork` writes ``models/model.pt`` (the plain network ``state_dict`` of
-  the best epoch) at the end of ``fit``; ``TrainingCurves`` (loss and Dice) and
-  ``SlurmRequeue`` (preemption under Slurm) are :mod:`brats_pipeline.callbacks`'.
+  the best epoch) at the end of ``fit``; the package also exports
+  :mod:`brats_pipeline.callbacks`' ``TrainingCurves`` (loss and Dice) and ``SlurmRequeue``
+  (preemption under Slurm), which ``train.json`` names.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any
 from pytorch_lightning import Callback
 
 from brats_pipeline.bundle.inference import as_device, case_id_of
-from brats_pipeline.callbacks import SlurmRequeue, TrainingCurves  # noqa: F401  (train.json names them here)
 from brats_pipeline.constants import Task, get_task
 
 logger = logging.getLogger(__name__)
