@@ -309,13 +309,18 @@ def test_cli_strict_fails_default_lists(broken: Path, tmp_path: Path, capsys: py
 # ----------------------------------------------------------------------------- real data
 def test_real_lgg_datalist(lgg_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "lgg.json"
+    patients = sorted(p.name for p in lgg_dir.iterdir() if p.is_dir() and (p / f"{p.name}_seg.nii.gz").exists())
+    n = len(patients)
+    assert n >= 5, f"expected the LGG patient folders in {lgg_dir}, found {n}"
     assert datalist_main([str(lgg_dir), "--task", "lgg", "-o", str(out)]) == 0
     dl = load_datalist(out)
-    assert dl["numTraining"] == 21 and dl["skipped"] == []
-    assert sorted(Counter(e["fold"] for e in dl["training"]).values()) == [4, 4, 4, 4, 5]
+    assert dl["numTraining"] == n and dl["skipped"] == []
+    assert sorted(e["case_id"] for e in dl["training"]) == patients
+    sizes = sorted(Counter(e["fold"] for e in dl["training"]).values())
+    assert len(sizes) == 5 and sum(sizes) == n and sizes[-1] - sizes[0] <= 1  # balanced patient-level folds
     for entry in dl["training"]:
         names = [Path(p).name for p in entry["image"]]
         cid = entry["case_id"]
         assert names == [f"{cid}_t1.nii.gz", f"{cid}_flair.nii.gz", f"{cid}_t1c.nii.gz"]
         assert Path(entry["label"]).name == f"{cid}_seg.nii.gz"
-    assert "21 labelled case(s) from 21 patient(s)" in capsys.readouterr().out
+    assert f"{n} labelled case(s) from {n} patient(s)" in capsys.readouterr().out
