@@ -21,7 +21,7 @@ def _shared(sub: str) -> Path:
 
 @pytest.fixture(scope="session")
 def lgg_dir() -> Path:
-    """``../shared/data/lgg``: 21 real TCGA LGG patients (t1, flair, t1c, seg)."""
+    """``../shared/data/lgg``: the real TCGA LGG patients (50 today) (t1, flair, t1c, seg)."""
     return _shared("lgg")
 
 

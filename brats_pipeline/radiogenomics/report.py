@@ -1,0 +1,204 @@
+"""Tables and pages of the radiogenomics analysis: features.csv, associations.csv, summary.md, report.html.
+
+Every file is written atomically (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brats_pipeline.radiogenomics.features import FEATURE_LABELS
+
+FEATURE_COLUMNS = ("case_id", "patient_id", "n_voxels", "volume_ml", "bevr", "solidity", "n_components", "slice_index",
+                   "mf", "asd", "circularity", "elongation")
+ASSOCIATION_COLUMNS = ("feature", "subtype", "n", "n_missing_subtype", "n_missing_feature", "threshold", "levels",
+                       "table", "p", "p_bonferroni", "p_holm")
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float | np.floating):
+        return "" if not np.isfinite(value) else f"{float(value):.6g}"
+    return value
+
+
+def features_csv(features: Mapping[str, Mapping[str, float]], matched: Mapping[str, str] | None = None) -> str:
+    """``case_id, patient_id, n_voxels, volume_ml, bevr, ...`` one row per case; empty cell = no value."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(FEATURE_COLUMNS)
+    for cid, f in features.items():
+        row = {"case_id": cid, "patient_id": (matched or {}).get(cid, ""), **f}
+        writer.writerow([_fmt(row.get(k, "")) for k in FEATURE_COLUMNS])
+    return buf.getvalue()
+
+
+def table_text(table: Sequence[Sequence[int]], levels: str) -> str:
+    """``"1:3/2 2:5/4"``: per subtype level, count low/high."""
+    return " ".join(f"{lv}:{lo}/{hi}" for lv, (lo, hi) in zip(levels.split(";"), table)) if table else ""
+
+
+def associations_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One row per feature x subtype; ``table`` as ``level:low/high`` pairs."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(ASSOCIATION_COLUMNS)
+    for r in rows:
+        writer.writerow([table_text(r["table"], r["levels"]) if k == "table" else _fmt(r.get(k, "")) for k in ASSOCIATION_COLUMNS])
+    return buf.getvalue()
+
+
+def pvalue_table(rows: Sequence[Mapping[str, Any]], alpha: float = 0.05) -> str:
+    """Markdown table of p (features x subtypes); ``*`` p < alpha, ``**`` Bonferroni p < alpha."""
+    features = list(dict.fromkeys(r["feature"] for r in rows))
+    subtypes = list(dict.fromkeys(r["subtype"] for r in rows))
+    cell = {(r["feature"], r["subtype"]): r for r in rows}
+    lines = ["| feature | " + " | ".join(subtypes) + " |", "| --- |" + " ---: |" * len(subtypes)]
+    for f in features:
+        out = []
+        for s in subtypes:
+            r = cell.get((f, s))
+            if r is None or not np.isfinite(r["p"]):
+                out.append("–")
+                continue
+            mark = "**" if r["p_bonferroni"] < alpha else "*" if r["p"] < alpha else ""
+            out.append(f"{r['p']:.3g}{mark}")
+        lines.append(f"| {f} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+def top_associations(rows: Sequence[Mapping[str, Any]], k: int = 5) -> list[Mapping[str, Any]]:
+    """The ``k`` tests with the smallest p."""
+    return sorted((r for r in rows if np.isfinite(r["p"])), key=lambda r: r["p"])[:k]
+
+
+def summary_markdown(
+    rows: Sequence[Mapping[str, Any]],
+    matching: Mapping[str, Any],
+    n_cases: int,
+    source: str,
+    failed: Mapping[str, str] | None = None,
+    alpha: float = 0.05,
+    family: str = "feature",
+    figures: Sequence[tuple[str, str]] = (),
+    comparison: Sequence[Mapping[str, Any]] | None = None,
+) -> str:
+    """The printed summary: counts, the p-value table, the top associations, figure links."""
+    n_matched = len(matching["matched"])
+    n_tests = sum(1 for r in rows if np.isfinite(r["p"]))
+    family_text = "per feature (over the subtype columns)" if family == "feature" else "over all tests"
+    lines = [
+        f"# Radiogenomics: tumour shape vs genomic subtype ({source} masks)", "",
+        f"{n_cases} case(s) measured, {n_matched} matched to a patient of the clinical table"
+        f" ({len(matching['unmatched_cases'])} unmatched case(s), {len(matching['patients_without_case'])} patient(s) without a case"
+        f"{f', {len(failed)} case(s) failed' if failed else ''}). {n_tests} Fisher exact tests (feature split at the median of the"
+        f" test's patients vs subtype level); Bonferroni/Holm adjusted {family_text}. `*` p < {alpha}, `**` Bonferroni-adjusted"
+        f" p < {alpha}.", "",
+        pvalue_table(rows, alpha), "",
+        "Smallest p values:", "",
+        "| feature | subtype | n | missing subtype | table (level:low/high) | p | p Bonferroni | p Holm |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for r in top_associations(rows):
+        lines.append(f"| {r['feature']} | {r['subtype']} | {r['n']} | {r['n_missing_subtype']} | {table_text(r['table'], r['levels'])} |"
+                     f" {r['p']:.3g} | {r['p_bonferroni']:.3g} | {r['p_holm']:.3g} |")
+    if comparison:
+        lines += ["", "Predicted vs manual masks:", "",
+                  "| feature | n | Pearson r | Spearman ρ | bias | limits of agreement | same side of median |",
+                  "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+        for c in comparison:
+            lines.append(f"| {c['feature']} | {c['n']} | {c['pearson_r']:.3f} | {c['spearman_rho']:.3f} | {c['bias']:.3g} |"
+                         f" {c['loa_low']:.3g} to {c['loa_high']:.3g} | {c['split_agreement']:.2f} |")
+    for cid, why in (failed or {}).items():
+        lines.append(f"\nFAILED {cid}: {why}")
+    if matching["unmatched_cases"]:
+        lines.append(f"\nUnmatched cases: {', '.join(matching['unmatched_cases'])}")
+    if figures:
+        lines += ["", "Figures:", ""] + [f"- [{title}]({rel})" for title, rel in figures]
+    return "\n".join(lines) + "\n"
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    from preprocessing.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _md_table_to_html(md: str) -> str:
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    if len(lines) < 2:
+        return ""
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) + "</tr>"]
+    for row in cells[2:]:
+        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+_CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:.2em .5em;font-size:.9em;text-align:right}th{background:#f3f3f3}
+img{max-width:100%;border:1px solid #eee;margin:.3em 0}.muted{color:#777;font-size:.85em}"""
+
+
+def report_html(summary_md: str, figures: Sequence[tuple[str, str]], definitions: Sequence[str], embed_dir: Path | None = None) -> str:
+    """A self-contained page (no scripts, no external resources): the summary's paragraphs and
+    tables, the definitions, and the figures (linked relative, or embedded from ``embed_dir``)."""
+    import base64
+
+    parts = ["<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Radiogenomics</title>"
+             f"<style>{_CSS}</style></head><body>"]
+    block: list[str] = []
+
+    def flush() -> None:
+        if block:
+            parts.append(_md_table_to_html("\n".join(block)))
+            block.clear()
+
+    for line in summary_md.splitlines():
+        if line.startswith("|"):
+            block.append(line)
+            continue
+        flush()
+        if line.startswith("# "):
+            parts.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.strip() and not line.startswith("- ["):
+            parts.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    parts.append("<h2>Definitions</h2><ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in definitions) + "</ul>")
+    for title, rel in figures:
+        if embed_dir is not None:
+            src = "data:image/png;base64," + base64.b64encode((embed_dir / rel).read_bytes()).decode("ascii")
+        else:
+            src = rel
+        parts.append(f"<h3>{html.escape(title)}</h3><img src=\"{html.escape(src)}\" alt=\"{html.escape(title)}\">")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+DEFINITIONS = (
+    "Tumour: every voxel with a label in the foreground set (default any nonzero label), all connected components together.",
+    "BEVR: voxel count / volume of the minimum-volume enclosing ellipsoid of the union of the voxel cubes (Khachiyan's "
+    "algorithm on the convex-hull vertices among the boundary voxels' corners), in index space; affine-invariant.",
+    "Solidity: voxel count / volume of the convex hull of the same corners; affine-invariant.",
+    "2D features on the slice (across the last array axis) with the most tumour voxels, largest 8-connected component, "
+    "holes filled, boundary = 0.5 iso-contour of the component smoothed by a Gaussian of 1 pixel, 360 samples equally "
+    "spaced by arc length (mm from the affine's in-plane columns).",
+    "MF: std(r - moving average of r over 1/10 of the boundary) / mean r, r = distance from the centroid of the "
+    "component's pixels to the boundary.",
+    "ASD: mean over 12 angular sectors of std(r / mean r) within the sector, averaged over 4 rotations of the sector grid.",
+    "Circularity 4πA/P² and elongation √(λmin/λmax) of the pixel-centre covariance, on the same slice.",
+    "Volume in ml by the affine (for the LGG data, identity affine: voxel count / 1000).",
+    "Fisher's exact test (exact network enumeration, two-sided) on level x (low, high) tables; split at the median of "
+    "the test's patients (values equal to the median count as low); a patient without a subtype value or feature value "
+    "is left out of that test and counted.",
+) + tuple(f"{k}: {v}" for k, v in FEATURE_LABELS.items())
