@@ -3,15 +3,30 @@
 A new architecture is a new file in :mod:`brats_pipeline.networks`, never a new module here:
 :class:`BratsSegmentationModule` receives the network (a registry name + options, or an
 ``nn.Module`` built elsewhere, e.g. by a MONAI bundle config), the loss (by name), the
-optimiser and scheduler (by name) and the sliding-window inferer parameters.
+optimiser and learning-rate schedule (callables, as LightningCLI's ``OptimizerCallable`` and
+``LRSchedulerCallable``: ``--model.optimizer torch.optim.SGD --model.optimizer.lr 0.01``) and
+the sliding-window inferer parameters.
 
 Batches: ``image`` (B, C, X, Y, Z) float; ``label`` (B, R, X, Y, Z) region channels (0/1
-float). Outputs are region logits; probabilities are ``sigmoid(logits)``.
+float). Outputs are region logits; probabilities are ``sigmoid(logits)``. The dimensionality
+comes from the network: a 2D network trains on slices ``(B, C·(2k+1), H, W)`` (``k = context``
+neighbours each side as channels for 2.5D) and validates on whole volumes slice by slice.
 
 Validation runs sliding-window inference on whole volumes and logs ``val/dice_<region>``
 and ``val/dice_mean`` (BraTS convention: empty truth and empty prediction count as 1, empty
 truth with a prediction as 0); on the last epoch, and in ``test``, also ``val/hd95_<region>``
 in mm. Per-case sums are reduced across DDP ranks, so each case counts exactly once.
+``val/loss`` is the training loss on the validation volumes' sliding-window logits (mean over
+cases), so that training and validation loss can be compared.
+
+Checkpoints say which network they hold: ``checkpoint["network"]`` is
+:func:`brats_pipeline.networks.network_config` of the network (registry name, channels,
+dimensionality, options) whether it was named here or built elsewhere with
+:func:`~brats_pipeline.networks.build_network` (a bundle's ``network_def``), and the
+hyper-parameters ``network``/``network_kwargs`` name it too; a network built some other way is
+recorded by its class path (``{"class_path": ..., "init_args": None}``: its options are unknown).
+The optimiser and schedule are not hyper-parameters (they belong to the run, see
+:mod:`brats_pipeline.schedules` for resuming); their state is in the checkpoint as usual.
 """
 
 from __future__ import annotations
@@ -22,12 +37,21 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from brats_pipeline.constants import get_task
+from brats_pipeline.schedules import ProgressLR
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "cosine", "plateau", "poly")
+
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    """The module's optimiser when none is given: AdamW, lr 1e-3, weight decay 1e-5."""
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-5)
+
+
+def default_lr_scheduler(optimizer: torch.optim.Optimizer) -> ProgressLR:
+    """The module's schedule when none is given: one warm-up epoch, then cosine to 0 over the run."""
+    return ProgressLR(optimizer, "cosine", warmup_epochs=1)
 
 
 class BratsSegmentationModule(pl.LightningModule):
@@ -37,19 +61,26 @@ class BratsSegmentationModule(pl.LightningModule):
         network: registry name (``unet3d``, ``attention_unet``, ...) or an ``nn.Module``.
         network_kwargs: options for :func:`brats_pipeline.networks.build_network`.
         task: task name; decides region names (and the label scheme used downstream).
-        in_channels: input channels; default: the task's number of modalities.
+        in_channels: image channels (modalities); default: the task's number of modalities. A
+            2.5D network (``context > 0``) takes ``in_channels * (2 * context + 1)``.
         loss: loss name for :func:`brats_pipeline.losses.build_loss` (sigmoid mode).
         loss_kwargs: options for the loss.
-        optimizer: ``adam``, ``adamw`` or ``sgd`` (Nesterov, momentum 0.99 as in nnU-Net).
-        lr: initial learning rate.
-        weight_decay: L2 / decoupled weight decay.
-        scheduler: ``none``, ``cosine`` (with linear warm-up), ``plateau`` (ReduceLROnPlateau on
-            ``val/dice_mean``) or ``poly`` (power 0.9).
-        warmup_epochs: linear warm-up epochs for ``cosine``.
-        roi_size: sliding-window size (x, y, z) for validation/prediction.
-        sw_batch_size: windows per forward pass.
+        optimizer: ``params -> Optimizer`` (LightningCLI ``OptimizerCallable``), e.g.
+            ``functools.partial(torch.optim.SGD, lr=0.01, momentum=0.99, nesterov=True)``;
+            default :func:`default_optimizer` (AdamW 1e-3, weight decay 1e-5).
+        lr_scheduler: ``optimizer -> scheduler`` (``LRSchedulerCallable``) or ``None`` (constant
+            rate). A :class:`~brats_pipeline.schedules.ProgressLR` is bound to the trainer's run
+            length and stepped every optimiser step; ``ReduceLROnPlateau`` is stepped every
+            epoch on ``val/dice_mean`` (give it ``mode="max"``); any other scheduler every epoch.
+            Default :func:`default_lr_scheduler` (one warm-up epoch, then cosine).
+        roi_size: sliding-window size (x, y, z) for validation/prediction; for a 2D network the
+            two in-plane sizes (or x, y, z, the slice axis' entry ignored).
+        sw_batch_size: windows (2D: slices) per forward pass.
         overlap: sliding-window overlap fraction.
         blend_mode: ``gaussian`` or ``constant``.
+        slice_axis: 2D networks: the volume axis slices are taken across (0 = x, 1 = y, 2 = z).
+        context: 2D networks: neighbouring slices on each side stacked as channels (2.5D); the
+            network then takes ``in_channels * (2 * context + 1)`` channels.
         hd95_every_n_epochs: also compute HD95 every n epochs (0: only the last epoch and test).
     """
 
@@ -61,35 +92,46 @@ class BratsSegmentationModule(pl.LightningModule):
         in_channels: int | None = None,
         loss: str = "dice_ce",
         loss_kwargs: dict[str, Any] | None = None,
-        optimizer: str = "adamw",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-5,
-        scheduler: str = "cosine",
-        warmup_epochs: int = 1,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = default_lr_scheduler,
         roi_size: Sequence[int] = (128, 128, 128),
         sw_batch_size: int = 2,
         overlap: float = 0.5,
         blend_mode: str = "gaussian",
+        slice_axis: int = 2,
+        context: int = 0,
         hd95_every_n_epochs: int = 0,
     ) -> None:
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
+        if not callable(optimizer):
+            raise ValueError(f"optimizer must be a callable (parameters -> optimizer), e.g. "
+                             f"functools.partial(torch.optim.AdamW, lr=1e-3), got {optimizer!r}")
+        if lr_scheduler is not None and not callable(lr_scheduler):
+            raise ValueError(f"lr_scheduler must be None or a callable (optimizer -> scheduler), e.g. "
+                             f"functools.partial(brats_pipeline.schedules.ProgressLR, shape='poly'), got {lr_scheduler!r}")
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         self.task = get_task(task)
         self.region_names = self.task.region_names
         in_channels = len(self.task.modalities) if in_channels is None else int(in_channels)
+        from brats_pipeline.data.slices import check_context, check_slice_axis
+        from brats_pipeline.networks import build_network, spatial_dims_of
+
+        check_slice_axis(slice_axis)
+        network_in = in_channels * (2 * check_context(context) + 1)  # 2.5D: neighbours as channels
         if isinstance(network, nn.Module):
-            self.save_hyperparameters(ignore=["network"])
+            self.save_hyperparameters(ignore=["network", "optimizer", "lr_scheduler"])
             self.network = network
         else:
-            self.save_hyperparameters()
-            from brats_pipeline.networks import build_network
-
-            self.network = build_network(network, in_channels, len(self.region_names), spatial_dims=3, **(network_kwargs or {}))
+            self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+            self.network = build_network(network, network_in, len(self.region_names), **(network_kwargs or {}))
+        self.network_config = self._record_network(network_in)
+        #: 2 (slices; 2.5D with ``context``) or 3 (volumes): what the data module and inferer follow
+        self.spatial_dims = spatial_dims_of(self.network, default=3)
+        if context and self.spatial_dims != 2:
+            raise ValueError(f"context={context} (2.5D) needs a 2D network; {type(self.network).__name__} is {self.spatial_dims}D")
+        self.inferer()  # validates roi_size, overlap, blend_mode for this dimensionality
         from brats_pipeline.losses import build_loss
 
         self.loss_fn = build_loss(loss, mode="sigmoid", **(loss_kwargs or {}))
@@ -101,15 +143,17 @@ class BratsSegmentationModule(pl.LightningModule):
         return self.network(image)
 
     def inferer(self) -> Any:
-        from monai.inferers import SlidingWindowInferer
+        """The MONAI inferer for whole volumes (:func:`brats_pipeline.inference.inferers.build_inferer`)."""
+        from brats_pipeline.inference.inferers import build_inferer
 
-        return SlidingWindowInferer(
-            roi_size=tuple(self.hparams.roi_size), sw_batch_size=self.hparams.sw_batch_size,
-            overlap=self.hparams.overlap, mode=self.hparams.blend_mode,
+        hp = self.hparams
+        return build_inferer(
+            self.spatial_dims, roi_size=tuple(hp.roi_size), sw_batch_size=hp.sw_batch_size, overlap=hp.overlap,
+            mode=hp.blend_mode, slice_axis=hp.get("slice_axis", 2), context=hp.get("context", 0),
         )
 
     def sliding_window(self, image: torch.Tensor) -> torch.Tensor:
-        """Region logits for whole volumes (B, C, X, Y, Z) by sliding-window inference."""
+        """Region logits for whole volumes (B, C, X, Y, Z): sliding windows (3D) or slice by slice (2D, 2.5D)."""
         return self.inferer()(image, self.network)
 
     # --------------------------------------------------------------- training
@@ -129,7 +173,7 @@ class BratsSegmentationModule(pl.LightningModule):
 
     def _start_accumulating(self) -> None:
         n = len(self.region_names)
-        self._val_sums = torch.zeros(n + 1, device=self.device, dtype=torch.float64)  # dice per region + count
+        self._val_sums = torch.zeros(n + 2, device=self.device, dtype=torch.float64)  # dice per region, loss, count
         self._hd_sums = torch.zeros(2 * n, device=self.device, dtype=torch.float64)  # hd sum + finite count
 
     def _want_hd95(self) -> bool:
@@ -149,15 +193,21 @@ class BratsSegmentationModule(pl.LightningModule):
         from monai.metrics import compute_dice, compute_hausdorff_distance
 
         image, label = batch["image"], batch["label"]
-        pred = (torch.sigmoid(self.sliding_window(image)) > 0.5).float()
+        logits = self.sliding_window(image)
+        pred = (torch.sigmoid(logits) > 0.5).float()
         truth = (label > 0.5).float()
         dice = compute_dice(pred, truth, include_background=True, ignore_empty=False)  # (B, R)
+        # the training loss on each whole volume's logits: val/loss
+        logits, target = _plain(logits), _plain(label).to(logits.dtype)
+        loss = torch.stack([self.loss_fn(logits[b : b + 1], target[b : b + 1]) for b in range(logits.shape[0])])
         # 0 for the copy a DDP rank without a case of its own evaluates (BratsDataModule.EvalShardSampler)
         weight = batch.get("eval_weight")
         weight = torch.ones(dice.shape[0]) if weight is None else torch.as_tensor(weight).reshape(-1)
         weight = weight.to(dice.device, torch.float64)
-        self._val_sums[:-1] += (dice.double() * weight[:, None]).sum(0)
-        self._val_sums[-1] += weight.sum()
+        n = len(self.region_names)
+        self._val_sums[:n] += (dice.double() * weight[:, None]).sum(0)
+        self._val_sums[n] += (loss.detach().double() * weight).sum()
+        self._val_sums[n + 1] += weight.sum()
         if self._want_hd95():
             spacing = _spacing_of(image)
             for b in range(pred.shape[0]):
@@ -182,13 +232,14 @@ class BratsSegmentationModule(pl.LightningModule):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(sums)
             torch.distributed.all_reduce(hd)
-        count = sums[-1].clamp_min(1)
-        dice = sums[:-1] / count
+        n = len(self.region_names)
+        count = sums[n + 1].clamp_min(1)
+        dice = sums[:n] / count
         for name, value in zip(self.region_names, dice):
             self.log(f"{prefix}/dice_{name}", value.float(), sync_dist=False)
         self.log(f"{prefix}/dice_mean", dice.mean().float(), prog_bar=True, sync_dist=False)
-        self.log(f"{prefix}/cases", sums[-1].float(), sync_dist=False)
-        n = len(self.region_names)
+        self.log(f"{prefix}/loss", (sums[n] / count).float(), sync_dist=False)
+        self.log(f"{prefix}/cases", sums[n + 1].float(), sync_dist=False)
         if hd[n:].sum() > 0:
             for i, name in enumerate(self.region_names):
                 if hd[n + i] > 0:
@@ -201,32 +252,67 @@ class BratsSegmentationModule(pl.LightningModule):
 
     # -------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        params = self.network.parameters()
-        if hp.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            opt = torch.optim.SGD(params, lr=hp.lr, momentum=0.99, nesterov=True, weight_decay=hp.weight_decay)
-        if hp.scheduler == "none":
+        """The optimiser of :attr:`network`'s parameters and its schedule (see ``lr_scheduler``).
+
+        Raises:
+            ValueError: a :class:`~brats_pipeline.schedules.ProgressLR` for a run without a
+                finite length (``max_epochs=-1`` and no ``max_steps``).
+        """
+        opt = self.optimizer_factory(self.network.parameters())
+        if self.lr_scheduler_factory is None:
             return opt
-        if hp.scheduler == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=10)
+        sched = self.lr_scheduler_factory(opt)
+        if isinstance(sched, ProgressLR):
+            trainer = self.trainer
+            total = trainer.estimated_stepping_batches  # also sets up the training data
+            per_epoch = None
+            if math.isfinite(float(trainer.num_training_batches)):
+                per_epoch = math.ceil(trainer.num_training_batches / max(1, trainer.accumulate_grad_batches))
+            sched.bind(total, per_epoch)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/dice_mean", "interval": "epoch"}}
-        total = max(1, int(self.trainer.max_epochs or 1))
-        warmup = max(0, int(hp.warmup_epochs)) if hp.scheduler == "cosine" else 0
-
-        def factor(epoch: int) -> float:
-            if epoch < warmup:
-                return (epoch + 1) / (warmup + 1)
-            progress = min(1.0, (epoch - warmup) / max(1, total - warmup))
-            if hp.scheduler == "cosine":
-                return 0.5 * (1 + math.cos(math.pi * progress))
-            return (1 - progress) ** 0.9
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # ------------------------------------------------------------- checkpoint
+    def _record_network(self, network_in: int) -> dict[str, Any]:
+        """What :attr:`network` is (saved in checkpoints); names it in the hyper-parameters when it can.
+
+        Args:
+            network_in: the input channels the data gives the network.
+
+        Raises:
+            ValueError: a registry-built network whose input or output channels do not fit the
+                task (and 2.5D context).
+        """
+        from brats_pipeline.networks import default_spatial_dims, network_config
+
+        config = network_config(self.network)
+        if config is None:
+            cls = type(self.network)
+            return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": None}
+        for what, built, wanted in (("input", config["in_channels"], network_in),
+                                    ("output", config["out_channels"], len(self.region_names))):
+            if built != wanted:
+                raise ValueError(f"network {config['name']!r} was built with {built} {what} channels, but task "
+                                 f"{self.task.name} (in_channels={self.hparams.in_channels}, context="
+                                 f"{self.hparams.get('context', 0)}) needs {wanted}")
+        kwargs = dict(config["kwargs"])
+        if config["spatial_dims"] != default_spatial_dims(config["name"]):
+            kwargs["spatial_dims"] = config["spatial_dims"]  # build_network's keyword, passed with the options
+        self.hparams["network"], self.hparams["network_kwargs"] = config["name"], kwargs
+        return config
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record which network the checkpoint holds (``checkpoint["network"]``, see :attr:`network_config`)."""
+        import copy
+
+        checkpoint["network"] = copy.deepcopy(self.network_config)
+
+
+def _plain(x: Any) -> torch.Tensor:
+    """A plain tensor (a MONAI ``MetaTensor`` without its metadata)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
 
 
 def _spacing_of(image: Any) -> list[float] | None:

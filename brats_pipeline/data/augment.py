@@ -2,12 +2,14 @@
 
 Per-sample stock transforms dominate a GPU training step (``Rand3DElasticd`` alone costs
 0.1 s per 4×128³ sample on an H100, and ``RandGaussianNoised`` draws its noise with numpy on
-the CPU). :class:`BatchAugment` instead works on a whole batch ``(B, C, X, Y, Z)`` with torch:
+the CPU). :class:`BatchAugment` instead works on a whole batch with torch, 3D
+``(B, C, X, Y, Z)`` or 2D ``(B, C, X, Y)`` (slices; rotation in-plane), with the same settings:
 
-* every spatial transform of a sample — flips, rotation, scaling, shear and a *coarse*
-  random elastic field (a few control points per axis, upsampled trilinearly) — is composed
-  into **one sampling grid**, and image and label are resampled in a single ``grid_sample``
-  each (image bilinear; label region channels bilinear then thresholded at 0.5);
+* every spatial transform of a sample — flips, rotation, scaling, shear and the random
+  elastic field of :func:`~brats_pipeline.data.elastic.elastic_displacement` (amplitude in
+  voxels, the same as the per-sample CPU path's) — is composed into **one sampling grid**, and
+  image and label are resampled in a single ``grid_sample`` each (image bilinear; label
+  region channels bilinear then thresholded at 0.5);
 * intensity scale/shift, gamma, Gaussian noise and Gaussian smoothing are drawn with torch
   on the device.
 
@@ -19,17 +21,21 @@ It runs on any device (the tests run it on the CPU). The input may be larger tha
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from brats_pipeline.data.elastic import centred_voxels, elastic_displacement, grid_from_voxels
 from brats_pipeline.data.transforms import AugmentationConfig
 
 
 def _rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
-    """(B, 3) angles in radians about x, y, z -> (B, 3, 3) rotation matrices Rz @ Ry @ Rx."""
+    """Rotation matrices from angles in radians: (B, 1) in-plane -> (B, 2, 2); (B, 3) about x, y, z -> Rz @ Ry @ Rx."""
+    if angles.shape[-1] == 1:
+        c, s = torch.cos(angles[:, 0]), torch.sin(angles[:, 0])
+        return torch.stack([c, -s, s, c], -1).view(-1, 2, 2)
     cx, cy, cz = torch.cos(angles).unbind(-1)
     sx, sy, sz = torch.sin(angles).unbind(-1)
     one, zero = torch.ones_like(cx), torch.zeros_like(cx)
@@ -40,109 +46,115 @@ def _rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
 
 
 class BatchAugment(torch.nn.Module):
-    """Random spatial + intensity augmentation of a batch in one resampling pass.
+    """Random spatial + intensity augmentation of a batch in one resampling pass, 2D or 3D.
 
     Args:
-        config: :class:`AugmentationConfig` (or a mapping of its fields).
-        out_size: output patch size (x, y, z); ``None`` keeps the input size.
-        spacing: voxel size (x, y, z) in mm, so rotations are rigid in physical space.
+        config: :class:`AugmentationConfig` (or a mapping of its fields); the same settings
+            serve 2D and 3D batches.
+        out_size: output spatial size ((x, y) or (x, y, z)); ``None`` keeps the input size.
+        spacing: voxel size in mm, one value per spatial axis, so rotations are rigid in
+            physical space; ``None``: isotropic.
 
-    Call with ``image`` (B, C, X, Y, Z) float and optionally ``label`` (B, R, X, Y, Z) region
-    channels; returns ``(image, label)`` on the same device, label binary float.
+    Call with ``image`` (B, C, X, Y) or (B, C, X, Y, Z) float and optionally ``label`` region
+    channels of the same spatial shape; returns ``(image, label)`` on the same device, label
+    binary float. 2D batches get in-plane rotation, and flips, scaling, shear and elastic
+    deformation along both axes.
     """
 
     def __init__(
         self,
         config: AugmentationConfig | Mapping[str, Any] | None = None,
         out_size: Sequence[int] | None = None,
-        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        spacing: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.config = AugmentationConfig.from_any(config)
         self.out_size = tuple(int(s) for s in out_size) if out_size is not None else None
-        self.spacing = tuple(float(s) for s in spacing)
+        self.spacing = tuple(float(s) for s in spacing) if spacing is not None else None
+        if self.out_size is not None and (len(self.out_size) not in (2, 3) or min(self.out_size) < 1):
+            raise ValueError(f"BatchAugment out_size must be 2 or 3 positive sizes, got {self.out_size}")
+        if self.spacing is not None and (len(self.spacing) not in (2, 3) or min(self.spacing) <= 0):
+            raise ValueError(f"BatchAugment spacing must be 2 or 3 positive sizes in mm, got {self.spacing}")
 
     # ------------------------------------------------------------------ spatial
-    def _affine(self, batch: int, device: torch.device) -> torch.Tensor:
-        """(B, 3, 3) per-sample linear maps (output -> input, physical mm), identity where not drawn."""
+    def _affine(self, batch: int, dims: int, device: torch.device) -> torch.Tensor:
+        """(B, D, D) per-sample linear maps (output -> input, physical mm), identity where not drawn."""
         cfg = self.config
-        eye = torch.eye(3, device=device).expand(batch, 3, 3).clone()
+        eye = torch.eye(dims, device=device).expand(batch, dims, dims).clone()
         mats = eye
         if cfg.spatial_prob > 0:
             on = (torch.rand(batch, device=device) < cfg.spatial_prob).float().view(-1, 1)
-            angles = (torch.rand(batch, 3, device=device) * 2 - 1) * math.radians(cfg.rotate_deg) * on
-            scales = 1 + (torch.rand(batch, 3, device=device) * 2 - 1) * cfg.scale * on
-            shear = eye + ((torch.rand(batch, 3, 3, device=device) * 2 - 1) * cfg.shear * on.view(-1, 1, 1)) * (1 - eye)
+            n_angles = 3 if dims == 3 else 1
+            angles = (torch.rand(batch, n_angles, device=device) * 2 - 1) * math.radians(cfg.rotate_deg) * on
+            scales = 1 + (torch.rand(batch, dims, device=device) * 2 - 1) * cfg.scale * on
+            shear = eye + ((torch.rand(batch, dims, dims, device=device) * 2 - 1) * cfg.shear * on.view(-1, 1, 1)) * (1 - eye)
             mats = _rotation_matrices(angles) @ shear @ torch.diag_embed(scales)
         if cfg.flip_prob > 0:
-            flips = torch.where(torch.rand(batch, 3, device=device) < cfg.flip_prob, -1.0, 1.0)
+            flips = torch.where(torch.rand(batch, dims, device=device) < cfg.flip_prob, -1.0, 1.0)
             mats = mats @ torch.diag_embed(flips)
         return mats
 
     def _elastic(self, batch: int, size: Sequence[int], device: torch.device) -> torch.Tensor | None:
-        """(B, X, Y, Z, 3) displacement in voxels from a coarse random grid, or ``None``."""
+        """(B, *size, D) displacement in voxels (:func:`elastic_displacement`), or ``None``."""
         cfg = self.config
         if cfg.elastic_prob <= 0 or cfg.elastic_magnitude <= 0:
             return None
-        on = (torch.rand(batch, device=device) < cfg.elastic_prob).float().view(-1, 1, 1, 1, 1)
-        n = max(2, int(cfg.elastic_control_points))
-        coarse = torch.randn(batch, 3, n, n, n, device=device) * cfg.elastic_magnitude / 2.0 * on
-        field = F.interpolate(coarse, size=tuple(size), mode="trilinear", align_corners=True)
-        return field.permute(0, 2, 3, 4, 1)
+        dims = len(size)
+        on = (torch.rand(batch, device=device) < cfg.elastic_prob).float().view(-1, *([1] * (dims + 1)))
+        unit = torch.rand(batch, dims, *(cfg.elastic_control_points,) * dims, device=device)
+        return elastic_displacement(unit, cfg.elastic_magnitude, size) * on
+
+    def _check_sizes(self, in_size: Sequence[int]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        dims = len(in_size)
+        out_size = self.out_size or tuple(int(n) for n in in_size)
+        spacing = self.spacing or (1.0,) * dims
+        if len(out_size) != dims:
+            raise ValueError(f"BatchAugment out_size {out_size} has {len(out_size)} axes, the batch {dims} ({tuple(in_size)})")
+        if len(spacing) != dims:
+            raise ValueError(f"BatchAugment spacing {spacing} has {len(spacing)} axes, the batch {dims} ({tuple(in_size)})")
+        return out_size, spacing
 
     def sampling_grid(self, batch: int, in_size: Sequence[int], device: torch.device) -> torch.Tensor:
-        """Normalised ``grid_sample`` grid (B, X', Y', Z', 3) mapping output voxels into the input."""
-        out_size = self.out_size or tuple(in_size)
-        spacing = torch.tensor(self.spacing, device=device)
-        axes = [torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2 for n in out_size]
-        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # voxels, centred
-        physical = coords * spacing
-        mats = self._affine(batch, device)
-        src = torch.einsum("bij,xyzj->bxyzi", mats, physical) / spacing  # back to input voxels
+        """Normalised ``grid_sample`` grid (B, *out_size, D) mapping output voxels into the input."""
+        out_size, spacing_ = self._check_sizes(in_size)
+        spacing = torch.tensor(spacing_, device=device)
+        physical = centred_voxels(out_size, device) * spacing
+        mats = self._affine(batch, len(in_size), device)
+        src = torch.einsum("bij,...j->b...i", mats, physical) / spacing  # back to input voxels, centred
         disp = self._elastic(batch, out_size, device)
         if disp is not None:
             src = src + disp
-        half = torch.tensor([(n - 1) / 2 for n in in_size], device=device, dtype=torch.float32)
-        normalised = src / half
-        return normalised.flip(-1)  # grid_sample wants (W, H, D) = (z, y, x) order
+        return grid_from_voxels(src, in_size)
 
     # ---------------------------------------------------------------- intensity
     def _intensity(self, image: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         b, c = image.shape[:2]
         dev = image.device
-        view = (b, c, 1, 1, 1)
+        ones = (1,) * (image.ndim - 2)
+        view, per_sample = (b, c, *ones), (b, 1, *ones)
         if cfg.intensity_prob > 0:
-            on = (torch.rand(b, 1, 1, 1, 1, device=dev) < cfg.intensity_prob).float()
+            on = (torch.rand(per_sample, device=dev) < cfg.intensity_prob).float()
             scale = 1 + (torch.rand(view, device=dev) * 2 - 1) * cfg.intensity_scale * on
             shift = (torch.rand(view, device=dev) * 2 - 1) * cfg.intensity_shift * on
             image = image * scale + shift
         if cfg.gamma_prob > 0:
-            on = torch.rand(b, device=dev) < cfg.gamma_prob
-            if on.any():
-                lo, hi = cfg.gamma_range
-                gamma = (lo + torch.rand(view, device=dev) * (hi - lo))
-                flat = image.flatten(2)
-                vmin = flat.amin(-1).view(view)
-                vrange = (flat.amax(-1).view(view) - vmin).clamp_min(1e-6)
-                adjusted = ((image - vmin) / vrange).clamp(0, 1) ** gamma * vrange + vmin
-                image = torch.where(on.view(-1, 1, 1, 1, 1), adjusted, image)
+            lo, hi = cfg.gamma_range
+            gamma = lo + torch.rand(view, device=dev) * (hi - lo)
+            image = _on_some(image, torch.rand(b, device=dev) < cfg.gamma_prob, lambda x, i: _gamma(x, gamma[i]))
         if cfg.noise_prob > 0:
-            on = (torch.rand(b, 1, 1, 1, 1, device=dev) < cfg.noise_prob).float()
-            std = torch.rand(b, 1, 1, 1, 1, device=dev) * cfg.noise_std
-            image = image + torch.randn_like(image) * std * on
+            std = torch.rand(per_sample, device=dev) * cfg.noise_std
+            image = _on_some(image, torch.rand(b, device=dev) < cfg.noise_prob, lambda x, i: x + torch.randn_like(x) * std[i])
         if cfg.smooth_prob > 0:
-            on = torch.rand(b, device=dev) < cfg.smooth_prob
-            if on.any():
-                lo, hi = cfg.smooth_sigma
-                sigma = lo + float(torch.rand(()).item()) * (hi - lo)
-                image = torch.where(on.view(-1, 1, 1, 1, 1), _gaussian_smooth(image, sigma), image)
+            lo, hi = cfg.smooth_sigma
+            sigma = lo + float(torch.rand(()).item()) * (hi - lo)
+            image = _on_some(image, torch.rand(b, device=dev) < cfg.smooth_prob, lambda x, i: _gaussian_smooth(x, sigma))
         return image
 
     def forward(self, image: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if image.ndim != 5:
-            raise ValueError(f"BatchAugment expects image (B, C, X, Y, Z), got shape {tuple(image.shape)}")
-        if label is not None and (label.shape[0] != image.shape[0] or label.shape[2:] != image.shape[2:]):
+        if image.ndim not in (4, 5):
+            raise ValueError(f"BatchAugment expects image (B, C, X, Y) or (B, C, X, Y, Z), got shape {tuple(image.shape)}")
+        if label is not None and (label.ndim != image.ndim or label.shape[0] != image.shape[0] or label.shape[2:] != image.shape[2:]):
             raise ValueError(f"label shape {tuple(label.shape)} does not match image shape {tuple(image.shape)}")
         grid = self.sampling_grid(image.shape[0], image.shape[2:], image.device).to(image.dtype)
         out = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
@@ -152,19 +164,38 @@ class BatchAugment(torch.nn.Module):
         return self._intensity(out), label
 
 
+def _on_some(image: torch.Tensor, on: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn(image[i], i)`` for the samples ``i`` where ``on`` (B,) holds; the others unchanged (no work spent on them)."""
+    index = on.nonzero().flatten()
+    if index.numel() == 0:
+        return image
+    if index.numel() == image.shape[0]:
+        return fn(image, index)
+    return image.index_copy(0, index, fn(image.index_select(0, index), index))
+
+
+def _gamma(image: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Gamma on each channel's [min, max] range, which it keeps."""
+    view = (*image.shape[:2], *([1] * (image.ndim - 2)))
+    vmin, vmax = torch.aminmax(image.flatten(2), dim=-1)
+    vmin, vrange = vmin.view(view), (vmax.view(view) - vmin.view(view)).clamp_min(1e-6)
+    return ((image - vmin) / vrange).clamp(0, 1) ** gamma * vrange + vmin
+
+
 def _gaussian_smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (sigma in voxels) of (B, C, X, Y, Z), channel by channel."""
+    """Separable Gaussian blur (sigma in voxels) of (B, C, X, Y[, Z]), channel by channel."""
     radius = max(1, int(math.ceil(3 * sigma)))
     x = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
-    c = image.shape[1]
+    c, dims = image.shape[1], image.ndim - 2
+    conv = F.conv2d if dims == 2 else F.conv3d
     out = image
-    for dim in range(3):
-        shape = [1, 1, 1, 1, 1]
+    for dim in range(dims):
+        shape = [1] * (dims + 2)
         shape[2 + dim] = -1
-        weight = kernel.view(shape).expand(c, 1, *kernel.view(shape).shape[2:]).contiguous()
-        pad = [0, 0, 0, 0, 0, 0]
-        pad[2 * (2 - dim)] = pad[2 * (2 - dim) + 1] = radius
-        out = F.conv3d(F.pad(out, pad, mode="replicate"), weight, groups=c)
+        weight = kernel.view(shape).expand(c, *kernel.view(shape).shape[1:]).contiguous()
+        pad = [0] * (2 * dims)
+        pad[2 * (dims - 1 - dim)] = pad[2 * (dims - 1 - dim) + 1] = radius
+        out = conv(F.pad(out, pad, mode="replicate"), weight, groups=c)
     return out

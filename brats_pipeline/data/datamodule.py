@@ -12,6 +12,15 @@ gives ``samples_per_volume`` random patches (label-balanced), cropped on the CPU
 * ``augmentation_device="cpu"`` (the default without a GPU): stock MONAI per-sample random
   transforms in the loader workers.
 
+**2D and 2.5D** (the model's network is 2D): the training volumes are decoded once and held in
+memory, and each epoch draws slices from them (:class:`~brats_pipeline.data.slices.SliceDataset`:
+every tumour slice plus ``empty_slice_ratio`` times as many random empty ones; 2.5D stacks
+``context`` neighbours each side as channels), cropped or padded in-plane to ``patch_size``;
+the batch ``(B, C·(2k+1), H, W)`` is augmented by ``BatchAugment`` after transfer, on the CPU
+too. Validation and prediction use whole volumes, which the module's inferer runs slice by
+slice. The dimensionality, slice axis and context follow the model attached to the Trainer
+(``spatial_dims``, ``slice_axis``, ``context`` here are for use without one, and must agree).
+
 Validation/test loaders yield whole volumes (batch size 1) with an ``eval_weight`` of 1.
 Under DDP each rank gets a disjoint share of the cases (:class:`EvalShardSampler`), so none
 is counted twice; a rank left without a case (fewer cases than ranks) gets a copy of one
@@ -30,6 +39,7 @@ import torch
 
 from brats_pipeline.constants import Task, get_task
 from brats_pipeline.data.datalist import load_datalist, split_fold
+from brats_pipeline.data.slices import SliceDataset, check_context, check_slice_axis
 from brats_pipeline.data.transforms import (
     AugmentationConfig,
     cpu_augmentation,
@@ -48,7 +58,9 @@ class BratsDataModule(pl.LightningDataModule):
         datalist: datalist JSON written by ``brats-datalist`` / ``brats-preprocess``.
         fold: validation fold; the other folds train. ``-1``: train on every fold and
             validate on fold 0 (use for a final model).
-        patch_size: training patch (x, y, z) voxels.
+        patch_size: training patch (x, y, z) voxels. 2D: the in-plane size (two values, or x, y,
+            z of which the slice axis' entry is ignored); ``null``: whole slices, padded to the
+            largest in-plane size rounded up to a multiple of 32.
         batch_size: patches per batch.
         samples_per_volume: patches drawn from each volume per epoch.
         pos_fraction: share of patches centred on tumour.
@@ -62,6 +74,14 @@ class BratsDataModule(pl.LightningDataModule):
         orientation: reorient to these axis codes (``null`` keeps the files' orientation).
         crop_foreground: crop volumes to the non-zero bounding box.
         max_cases: use at most this many training (and validation) cases (smoke runs).
+        spatial_dims: 2 (slices) or 3 (patches); ``None``: the attached model's network's (3
+            without a model).
+        slice_axis: 2D: the axis slices are taken across (0 = x, 1 = y, 2 = z); ``None``: the
+            model's (2 without one).
+        context: 2.5D: neighbouring slices each side stacked as channels; ``None``: the model's
+            (0 without one).
+        empty_slice_ratio: 2D: tumour-free slices drawn per tumour slice per epoch (``null``:
+            every slice every epoch). ``samples_per_volume`` and ``pos_fraction`` are 3D only.
     """
 
     def __init__(
@@ -81,6 +101,10 @@ class BratsDataModule(pl.LightningDataModule):
         orientation: str | None = "RAS",
         crop_foreground: bool = True,
         max_cases: int | None = None,
+        spatial_dims: int | None = None,
+        slice_axis: int | None = None,
+        context: int | None = None,
+        empty_slice_ratio: float | None = 1.0,
     ) -> None:
         super().__init__()
         if cache not in CACHE_MODES:
@@ -89,14 +113,32 @@ class BratsDataModule(pl.LightningDataModule):
             raise ValueError("cache='disk' needs cache_dir")
         if augmentation_device not in AUGMENTATION_DEVICES:
             raise ValueError(f"unknown augmentation_device {augmentation_device!r}; choose one of {AUGMENTATION_DEVICES}")
-        if len(patch_size) != 3 or min(patch_size) < 1:
-            raise ValueError(f"patch_size must be three positive sizes, got {tuple(patch_size)}")
-        self.save_hyperparameters()
+        if spatial_dims not in (None, 2, 3):
+            raise ValueError(f"spatial_dims must be 2, 3 or None (the model's), got {spatial_dims!r}")
+        if slice_axis is not None:
+            check_slice_axis(slice_axis)
+        if context is not None:
+            check_context(context)
+        if empty_slice_ratio is not None and (isinstance(empty_slice_ratio, bool) or not float(empty_slice_ratio) >= 0):
+            raise ValueError(f"empty_slice_ratio must be a non-negative number or null, got {empty_slice_ratio!r}")
+        if patch_size is None and spatial_dims == 3:
+            raise ValueError("patch_size null (whole slices) is for 2D; 3D needs three sizes (x, y, z)")
+        if patch_size is not None and (len(patch_size) not in (2, 3) or min(patch_size) < 1):
+            raise ValueError(f"patch_size must be three positive sizes (2D: two in-plane sizes or null), got {tuple(patch_size)}")
+        if patch_size is not None and len(patch_size) == 2 and spatial_dims == 3:
+            raise ValueError(f"patch_size must be three positive sizes for 3D, got {tuple(patch_size)}")
+        # the model's hyper-parameters hold these (Lightning refuses a key logged by both with two values)
+        self.save_hyperparameters(ignore=["spatial_dims", "slice_axis", "context"])
+        self._asked = {"spatial_dims": spatial_dims, "slice_axis": slice_axis, "context": context}
         self.datalist_path = str(datalist)
         self.datalist = load_datalist(datalist)
         self.task: Task = get_task(self.datalist["task"])
         self.augmentation = AugmentationConfig.from_any(augmentation)
-        self.patch_size = tuple(int(s) for s in patch_size)
+        self.patch_size = None if patch_size is None else tuple(int(s) for s in patch_size)
+        #: resolved in :meth:`setup` (from the model when attached): 2 or 3, slice axis, context
+        self.spatial_dims: int = spatial_dims or 3
+        self.slice_axis: int = 2 if slice_axis is None else slice_axis
+        self.context: int = 0 if context is None else context
         self._batch_augment: Any = None
         self.train_ds: Any = None
         self.val_ds: Any = None
@@ -117,10 +159,12 @@ class BratsDataModule(pl.LightningDataModule):
 
     def uses_batch_augmentation(self) -> bool:
         """Whether random augmentation runs batched after transfer (``True``) or per sample on the CPU."""
+        if self.spatial_dims == 2:
+            return True  # slices are always augmented as a batch (BatchAugment), on any device
         mode = self.hparams.augmentation_device
         if mode != "auto":
             return mode == "batch"
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         if trainer is not None:
             return trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
@@ -166,11 +210,64 @@ class BratsDataModule(pl.LightningDataModule):
         # a margin so that rotated/scaled patches are filled with data, not padding
         return tuple(int(math.ceil(s * 1.2 / 2) * 2) for s in self.patch_size)
 
+    def resolve_dimensionality(self) -> tuple[int, int, int]:
+        """``(spatial_dims, slice_axis, context)``: this module's settings, else the attached model's, else 3, 2, 0.
+
+        Raises:
+            ValueError: a setting given here differs from the model's, or 2.5D context with 3D,
+                or a patch size that does not fit the dimensionality.
+        """
+        trainer = self.trainer
+        model = trainer.lightning_module if trainer is not None else None
+        model_hp = getattr(model, "hparams", {}) or {}
+        theirs = {
+            "spatial_dims": getattr(model, "spatial_dims", None),
+            "slice_axis": model_hp.get("slice_axis") if model is not None else None,
+            "context": model_hp.get("context") if model is not None else None,
+        }
+        resolved = []
+        for name, default in (("spatial_dims", 3), ("slice_axis", 2), ("context", 0)):
+            mine = self._asked[name]
+            if mine is not None and theirs[name] is not None and mine != theirs[name]:
+                raise ValueError(f"data {name}={mine!r}, but the model's is {theirs[name]!r}; set one of them (the data follows the model)")
+            resolved.append(mine if mine is not None else theirs[name] if theirs[name] is not None else default)
+        dims, axis, context = resolved
+        if context and dims != 2:
+            raise ValueError(f"context={context} (2.5D) needs a 2D network; the model is {dims}D")
+        if dims == 3 and (self.patch_size is None or len(self.patch_size) != 3):
+            raise ValueError(f"a 3D network trains on patches of three sizes (x, y, z); patch_size is {self.patch_size}")
+        return dims, axis, context
+
+    def _slice_patch_size(self) -> tuple[int, ...] | None:
+        """2D in-plane training size (``None``: whole slices)."""
+        from brats_pipeline.data.slices import in_plane
+
+        return None if self.hparams.patch_size is None else in_plane(self.hparams.patch_size, self.slice_axis, "patch_size")
+
+    def _setup_slices(self, train: list[dict[str, Any]]) -> None:
+        """2D/2.5D training set: decode each training volume once, keep it in memory, draw slices per epoch."""
+        from monai.data import Dataset, PersistentDataset
+
+        hp = self.hparams
+        det = self._deterministic()
+        volumes = PersistentDataset(train, det, cache_dir=hp.cache_dir) if hp.cache == "disk" else Dataset(train, det)
+        patch = self._slice_patch_size()
+        self.train_ds = SliceDataset(volumes, self.slice_axis, self.context, hp.empty_slice_ratio, patch_size=patch)
+        if patch is not None:
+            # a margin so that rotated/scaled slices are filled with data, not padding (BatchAugment
+            # crops the centre); none beyond the largest slice: there it would only add zeros
+            margin = (int(math.ceil(s * 1.2 / 2) * 2) for s in patch)
+            self.train_ds.patch_size = tuple(max(p, min(m, n)) for p, m, n in zip(patch, margin, self.train_ds.largest_slice))
+        self.patch_size = patch if patch is not None else self.train_ds.patch_size
+
     def setup(self, stage: str | None = None) -> None:
         from monai.transforms import Compose
 
+        self.spatial_dims, self.slice_axis, self.context = self.resolve_dimensionality()
         train, val = self.split()
-        if stage in (None, "fit"):
+        if stage in (None, "fit") and self.spatial_dims == 2:
+            self._setup_slices(train)
+        elif stage in (None, "fit"):
             random_steps = patch_sampling(self._sample_size(), self.hparams.samples_per_volume, self.hparams.pos_fraction)
             if not self.uses_batch_augmentation():
                 random_steps += cpu_augmentation(self.augmentation)
@@ -195,9 +292,11 @@ class BratsDataModule(pl.LightningDataModule):
                 sampler = EvalShardSampler(dataset)
         elif not shuffle and distributed:
             sampler = DistributedSampler(dataset, shuffle=False, even_divisible=False)
+        # slices are plain tensors: torch's collate, without MONAI's MetaTensor handling
+        collate = {"collate_fn": torch.utils.data.default_collate} if isinstance(dataset, SliceDataset) else {}
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-            num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+            num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), **collate,
         )
 
     def train_dataloader(self) -> Any:
@@ -214,7 +313,7 @@ class BratsDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------- augmentation
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         if trainer is None or not trainer.training:
             return batch
         image, label = _plain(batch["image"]), _plain(batch["label"])  # no MetaTensor bookkeeping in the hot loop
@@ -222,7 +321,9 @@ class BratsDataModule(pl.LightningDataModule):
             if self._batch_augment is None:
                 from brats_pipeline.data.augment import BatchAugment
 
-                spacing = self.hparams.spacing or (1.0, 1.0, 1.0)
+                spacing = tuple(self.hparams.spacing or (1.0, 1.0, 1.0))
+                if self.spatial_dims == 2:
+                    spacing = tuple(s for a, s in enumerate(spacing) if a != self.slice_axis)
                 self._batch_augment = BatchAugment(self.augmentation, out_size=self.patch_size, spacing=spacing)
             image, label = self._batch_augment(image, label)
         return {**batch, "image": image, "label": label}

@@ -10,9 +10,14 @@ which is what the networks are trained on.
   the data module; validation and inference reuse it.
 * :func:`patch_sampling` — the cheap random step that always runs on the CPU: sample patches
   from a cached volume (label-balanced positive/negative or uniform).
-* :func:`cpu_augmentation` — stock MONAI random transforms (flips, rotation, scaling, shear,
-  3D elastic, intensity scale/shift, gamma, noise, smoothing) for machines without a GPU.
-  :class:`brats_pipeline.data.augment.BatchAugment` does the same on whole batches on the GPU.
+* :func:`cpu_augmentation` — per-sample random transforms (flips, rotation, scaling, shear,
+  elastic, intensity scale/shift, gamma, noise, smoothing; 2D or 3D) for machines without a
+  GPU: stock MONAI transforms, and :class:`RandElasticd` for the elastic deformation.
+  :class:`brats_pipeline.data.augment.BatchAugment` does the same on whole batches on tensors.
+
+The elastic deformation has one definition, :func:`brats_pipeline.data.elastic.elastic_displacement`,
+used by both paths:
+``elastic_magnitude`` is in voxels (see :class:`AugmentationConfig`).
 """
 
 from __future__ import annotations
@@ -31,8 +36,16 @@ from brats_pipeline.constants import Task, get_task
 class AugmentationConfig:
     """Which random transforms run, and their ranges (defaults follow the seed papers / nnU-Net).
 
-    Probabilities are per sample. Angles in degrees, ``scale`` as a fraction (0.1 = ±10 %),
-    ``elastic_magnitude`` in voxels of the patch, ``elastic_control_points`` per axis.
+    Probabilities are per sample. Angles in degrees (3D: about each axis; 2D: in-plane),
+    ``scale`` as a fraction (0.1 = ±10 %), ``shear`` as a fraction of the other axes' offsets.
+
+    Elastic deformation (both paths, :func:`~brats_pipeline.data.elastic.elastic_displacement`): ``elastic_control_points``
+    per axis, spread evenly over the patch, corners included; each moves by a displacement
+    drawn uniformly in ``[-elastic_magnitude, elastic_magnitude]`` **voxels** along each axis,
+    and the field is linearly interpolated in between. So no voxel moves more than
+    ``elastic_magnitude`` voxels along any axis, and the mean displacement (vector length)
+    is about half of it, 2D or 3D: 2 voxels for the default 4 (measured on both paths in
+    ``tests/brats_pipeline/test_augment.py``). Voxels, not mm: the field lives on the grid.
     """
 
     flip_prob: float = 0.5
@@ -52,6 +65,15 @@ class AugmentationConfig:
     noise_std: float = 0.1
     smooth_prob: float = 0.2
     smooth_sigma: tuple[float, float] = (0.5, 1.0)
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if name.endswith("_prob") and not 0.0 <= value <= 1.0:
+                raise ValueError(f"augmentation {name} must be in [0, 1], got {value}")
+        if self.elastic_magnitude < 0:
+            raise ValueError(f"elastic_magnitude must be >= 0 voxels, got {self.elastic_magnitude}")
+        if self.elastic_control_points < 2:
+            raise ValueError(f"elastic_control_points must be >= 2 per axis, got {self.elastic_control_points}")
 
     @classmethod
     def none(cls) -> AugmentationConfig:
@@ -207,14 +229,18 @@ def patch_sampling(
     return steps
 
 
-def cpu_augmentation(config: AugmentationConfig | Mapping[str, Any] | None = None) -> list[Any]:
-    """Stock MONAI random transforms, per sample (the CPU path; see ``BatchAugment`` for the GPU one).
+def cpu_augmentation(config: AugmentationConfig | Mapping[str, Any] | None = None, spatial_dims: int = 3) -> list[Any]:
+    """Per-sample random transforms (the CPU path; ``BatchAugment`` does whole batches on tensors).
 
+    Stock MONAI transforms, plus :class:`RandElasticd` (the shared elastic definition).
     ``label`` holds region channels (float); spatial transforms resample it with nearest
     neighbour so it stays binary.
+
+    Args:
+        config: :class:`AugmentationConfig` (or a mapping of its fields).
+        spatial_dims: 3 for C×X×Y×Z samples, 2 for C×X×Y slices (rotation in-plane).
     """
     from monai.transforms import (
-        Rand3DElasticd,
         RandAdjustContrastd,
         RandAffined,
         RandFlipd,
@@ -224,26 +250,28 @@ def cpu_augmentation(config: AugmentationConfig | Mapping[str, Any] | None = Non
         RandShiftIntensityd,
     )
 
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    from brats_pipeline.data.elastic import RandElasticd
+
     cfg = AugmentationConfig.from_any(config)
     keys = ["image", "label"]
-    rad = np.deg2rad(cfg.rotate_deg)
+    rad = float(np.deg2rad(cfg.rotate_deg))
     steps: list[Any] = []
     if cfg.flip_prob > 0:
-        steps += [RandFlipd(keys=keys, prob=cfg.flip_prob, spatial_axis=axis) for axis in range(3)]
+        steps += [RandFlipd(keys=keys, prob=cfg.flip_prob, spatial_axis=axis) for axis in range(spatial_dims)]
     if cfg.spatial_prob > 0:
+        n_angles, n_shears = (3, 6) if spatial_dims == 3 else (1, 2)
         steps.append(
             RandAffined(
-                keys=keys, prob=cfg.spatial_prob, rotate_range=(rad, rad, rad), scale_range=(cfg.scale,) * 3,
-                shear_range=(cfg.shear,) * 6, mode=("bilinear", "nearest"), padding_mode="zeros",
+                keys=keys, prob=cfg.spatial_prob, rotate_range=(rad,) * n_angles, scale_range=(cfg.scale,) * spatial_dims,
+                shear_range=(cfg.shear,) * n_shears, mode=("bilinear", "nearest"), padding_mode="zeros",
             )
         )
-    if cfg.elastic_prob > 0:
+    if cfg.elastic_prob > 0 and cfg.elastic_magnitude > 0:
         steps.append(
-            Rand3DElasticd(
-                keys=keys, prob=cfg.elastic_prob, sigma_range=(5.0, 8.0),
-                magnitude_range=(0.0, 37.5 * cfg.elastic_magnitude), mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            )
+            RandElasticd(keys=keys, prob=cfg.elastic_prob, magnitude=cfg.elastic_magnitude,
+                         control_points=cfg.elastic_control_points, mode=("bilinear", "nearest"))
         )
     if cfg.intensity_prob > 0:
         steps += [

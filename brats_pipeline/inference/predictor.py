@@ -1,9 +1,10 @@
-"""``Predictor``: sliding-window inference of one network or an ensemble, written in the input's geometry.
+"""``Predictor``: sliding-window or slice-by-slice inference of one network or an ensemble, written in the input's geometry.
 
 The path of one case::
 
     files ──read (threads)──► C×X×Y×Z ──orient/resample/crop/normalise (the training transforms)──►
-      sliding window (gaussian blending, bf16 autocast on CUDA) × TTA mirrors × ensemble members
+      inferer (3D sliding window with gaussian blending, or 2D/2.5D slice by slice; bf16 autocast
+      on CUDA) × TTA mirrors × ensemble members
       ──sigmoid, averaged──► region probabilities R×X'×Y'×Z' ──Invertd──► R×X×Y×Z on the input's grid
       ──postprocess──► label map X×Y×Z uint8 in the task's labels ──atomic write──► OUT/<case_id>.nii.gz
 
@@ -16,6 +17,12 @@ Build one with :meth:`Predictor.from_checkpoint` (Lightning checkpoints of
 :class:`~brats_pipeline.module.BratsSegmentationModule`; several = an ensemble),
 :meth:`Predictor.from_state_dict` (a plain network state dict, as a MONAI bundle's
 ``models/model.pt``), :meth:`Predictor.from_bundle`, or the constructor with ``nn.Module``\\ s.
+
+The network's dimensionality decides the inferer (:func:`~brats_pipeline.inference.inferers.build_inferer`):
+a 3D network sees sliding windows of the volume; a 2D network sees its slices along
+``slice_axis`` (with ``context`` neighbours each side as channels for 2.5D), and the slices
+are stacked back into the volume before the same inversion into the input's geometry. Any
+MONAI ``Inferer`` may be injected instead (``inferer=``).
 """
 
 from __future__ import annotations
@@ -34,9 +41,8 @@ import torch
 from torch import nn
 
 from brats_pipeline.constants import Task, get_task
+from brats_pipeline.inference.inferers import BLEND_MODES, build_inferer
 from brats_pipeline.inference.postprocess import PostprocessConfig, postprocess
-
-BLEND_MODES = ("gaussian", "constant")
 
 
 @dataclass
@@ -59,18 +65,22 @@ class CasePrediction:
 
 
 class Predictor:
-    """Sliding-window inference with TTA and ensembles, output in the input's geometry.
+    """Sliding-window (3D) or slice-by-slice (2D, 2.5D) inference with TTA and ensembles, output in the input's geometry.
 
     Args:
-        networks: one network or several (an ensemble; their probabilities are averaged). Each
-            maps ``(B, C, X, Y, Z)`` to region logits ``(B, R, X, Y, Z)``.
+        networks: one network or several (an ensemble; their probabilities are averaged), all
+            of one dimensionality. A 3D network maps ``(B, C, X, Y, Z)`` to region logits
+            ``(B, R, X, Y, Z)``; a 2D one maps slices ``(B, C·(2k+1), H, W)`` to ``(B, R, H, W)``.
         task: task name or :class:`Task` (channel order, regions, labels written).
-        roi_size: sliding-window size (x, y, z) in voxels.
-        sw_batch_size: windows per forward pass.
+        roi_size: window size in voxels: (x, y, z) for 3D; for 2D the two in-plane sizes (or
+            x, y, z, the slice axis' entry ignored).
+        sw_batch_size: windows (2D: slices) per forward pass.
         overlap: overlap fraction of neighbouring windows, in ``[0, 1)``.
         blend_mode: ``gaussian`` (window centres weigh more) or ``constant``.
         tta_axes: spatial axes (0 = x, 1 = y, 2 = z) to mirror for test-time augmentation;
             every combination is predicted (2^k passes per network) and averaged. ``()``: off.
+            For a 2D network the slice axis is left out (mirroring across slices does not
+            change a slice network's input; it would reverse a 2.5D stack).
         device: ``"cuda"``, ``"cpu"``, a ``torch.device`` or ``None`` (CUDA when available).
         amp: bf16 autocast on CUDA (ignored on the CPU).
         spacing: resample to this voxel size (mm) before the network (as in training);
@@ -82,6 +92,14 @@ class Predictor:
         postprocess: :class:`PostprocessConfig` (or a dict of its fields).
         read_threads: threads decoding one case's modality files concurrently.
         compile: wrap each network in ``torch.compile`` (worth it on GPUs for long batches).
+        inferer: a MONAI ``Inferer`` to use as is (it gets ``(B, C, X, Y, Z)`` volumes and must
+            return ``(B, R, X, Y, Z)`` logits); ``roi_size``, ``sw_batch_size``, ``overlap``,
+            ``blend_mode``, ``slice_axis`` and ``context`` then only describe it.
+        spatial_dims: the networks' dimensionality; ``None``: read off their first convolution
+            (3 for a network without one).
+        slice_axis: 2D networks: the axis slices are taken across (0 = x, 1 = y, 2 = z).
+        context: 2D networks: neighbouring slices each side stacked as channels (2.5D);
+            ``None``: from the network's input channels (``modalities * (2k + 1)``).
     """
 
     def __init__(
@@ -103,14 +121,18 @@ class Predictor:
         postprocess: PostprocessConfig | Mapping[str, Any] | None = None,
         read_threads: int = 4,
         compile: bool = False,
+        inferer: Any = None,
+        spatial_dims: int | None = None,
+        slice_axis: int = 2,
+        context: int | None = None,
     ) -> None:
         self.task = get_task(task)
         nets = [networks] if isinstance(networks, nn.Module) else list(networks)
         if not nets or not all(isinstance(n, nn.Module) for n in nets):
             raise ValueError(f"networks must be one nn.Module or a non-empty list of them, got {networks!r}")
-        roi = tuple(int(s) for s in roi_size)
-        if len(roi) != 3 or min(roi) < 1:
-            raise ValueError(f"roi_size must be three positive sizes (x, y, z), got {tuple(roi_size)}")
+        self.spatial_dims = _spatial_dims(nets, spatial_dims)
+        self.slice_axis = int(slice_axis)
+        self.context = _context(nets[0], self.task, context) if self.spatial_dims == 2 else int(context or 0)
         if not 0 <= float(overlap) < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if blend_mode not in BLEND_MODES:
@@ -120,6 +142,14 @@ class Predictor:
         axes = tuple(int(a) for a in tta_axes)
         if len(set(axes)) != len(axes) or not set(axes) <= {0, 1, 2}:
             raise ValueError(f"tta_axes must be distinct spatial axes among 0 (x), 1 (y), 2 (z), got {tuple(tta_axes)}")
+        if self.spatial_dims == 2:
+            axes = tuple(a for a in axes if a != self.slice_axis)  # in-plane mirrors only
+        # validates roi_size, slice_axis and context for this dimensionality
+        built = build_inferer(
+            self.spatial_dims, roi_size, sw_batch_size, overlap, blend_mode, self.slice_axis, self.context,
+            cache_roi_weight_map=self.spatial_dims == 3,
+        )
+        roi = tuple(int(s) for s in roi_size)
         if spacing is not None and (len(spacing) != 3 or min(float(s) for s in spacing) <= 0):
             raise ValueError(f"spacing must be three positive sizes in mm, got {tuple(spacing)}")
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -142,7 +172,7 @@ class Predictor:
         self._forwards = [torch.compile(n) if compile else n for n in self.networks]
         self._executor: Any = None
         self._transform: Any = None
-        self._inferer: Any = None
+        self._inferer: Any = inferer if inferer is not None else built
         self._lock = threading.Lock()  # lazy set-up is shared by loader threads
         self.sources: list[str] = []  # where the weights came from (for manifests)
 
@@ -153,17 +183,22 @@ class Predictor:
     ) -> Predictor:
         """Load one Lightning checkpoint, or several as an ensemble (e.g. the 5 folds).
 
-        Sliding-window settings (``roi_size``, ``sw_batch_size``, ``overlap``, ``blend_mode``)
-        come from the (first) module's hyper-parameters, and the preprocessing (``spacing``,
-        ``orientation``, ``crop_foreground``) from the data module's, so inference sees what
-        training saw; keyword ``overrides`` replace any of them.
+        The network is rebuilt from what the checkpoint says it holds
+        (:func:`network_from_checkpoint`: ``checkpoint["network"]``, else the hyper-parameters)
+        and its weights are loaded strictly, whether it was trained by ``brats-train``, a MONAI
+        bundle's ``train.json`` (a ``network_def`` of any registry network) or Python code.
+        Sliding-window settings (``roi_size``, ``sw_batch_size``, ``overlap``, ``blend_mode``,
+        and ``slice_axis``/``context`` of 2D networks) come from the (first) module's
+        hyper-parameters, and the preprocessing (``spacing``, ``orientation``,
+        ``crop_foreground``) from the data module's, so inference sees what training saw;
+        keyword ``overrides`` replace any of them.
 
         Raises:
             FileNotFoundError: a checkpoint is missing.
-            ValueError: unreadable checkpoint, or ensemble members of different tasks or preprocessing.
+            ValueError: unreadable checkpoint, a network it does not describe (see
+                :func:`network_from_checkpoint`), weights that do not fit, or ensemble members of
+                different tasks or preprocessing.
         """
-        from brats_pipeline.module import BratsSegmentationModule
-
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not paths:
             raise ValueError("from_checkpoint needs at least one checkpoint")
@@ -173,24 +208,31 @@ class Predictor:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: checkpoint not found")
             try:
-                ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-                module = BratsSegmentationModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
-            except Exception as exc:  # torch/Lightning raise many types for a bad file
-                raise ValueError(f"{path}: not a loadable BratsSegmentationModule checkpoint ({type(exc).__name__}: {exc})") from exc
-            hp, dm = dict(ckpt.get("hyper_parameters", {})), dict(ckpt.get("datamodule_hyper_parameters", {}))
+                ckpt = torch.load(str(path), map_location="cpu", weights_only=False)  # a trusted Lightning checkpoint
+            except Exception as exc:  # torch raises many types for a bad file
+                raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+            if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
+                raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+            hp, dm = dict(ckpt.get("hyper_parameters") or {}), dict(ckpt.get("datamodule_hyper_parameters") or {})
+            try:
+                task = get_task(hp.get("task", "brats2021"))
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from exc
+            networks.append(network_from_checkpoint(ckpt, str(path)))
             settings.append(
                 {
-                    "task": module.task.name,
+                    "task": task.name,
                     "roi_size": tuple(hp.get("roi_size", (128, 128, 128))),
                     "sw_batch_size": int(hp.get("sw_batch_size", 4)),
                     "overlap": float(hp.get("overlap", 0.5)),
                     "blend_mode": hp.get("blend_mode", "gaussian"),
+                    "slice_axis": int(hp.get("slice_axis", 2)),
+                    "context": None if hp.get("context") is None else int(hp["context"]),
                     "spacing": None if dm.get("spacing") is None else tuple(dm["spacing"]),
                     "orientation": dm.get("orientation", "RAS"),
                     "crop_foreground": bool(dm.get("crop_foreground", True)),
                 }
             )
-            networks.append(module.network)
         first = settings[0]
         for path, s in zip(paths[1:], settings[1:]):
             for key in ("task", "spacing", "orientation", "crop_foreground"):
@@ -218,7 +260,8 @@ class Predictor:
         random weights); a Lightning checkpoint's ``state_dict`` with ``network.`` keys is accepted.
 
         Args:
-            network: registry name (``unet3d`` ...) built for the task's channels, or an ``nn.Module``.
+            network: registry name (``unet3d`` ...) built for the task's channels (times
+                ``2 * context + 1`` for a 2.5D ``context`` in ``kwargs``), or an ``nn.Module``.
             weights_path: one file, or several for an ensemble (one network per file).
             task: task name or :class:`Task`.
             network_kwargs: options for :func:`brats_pipeline.networks.build_network`.
@@ -238,7 +281,8 @@ class Predictor:
             else:
                 from brats_pipeline.networks import build_network
 
-                net = build_network(network, len(task.modalities), len(task.regions), spatial_dims=3, **dict(network_kwargs or {}))
+                in_channels = len(task.modalities) * (2 * int(kwargs.get("context") or 0) + 1)
+                net = build_network(network, in_channels, len(task.regions), **dict(network_kwargs or {}))
             load_state_dict_strict(net, path)
             networks.append(net)
         predictor = cls(networks, task, device=device, **kwargs)
@@ -252,7 +296,8 @@ class Predictor:
         ``network_def`` is instantiated with MONAI's ``ConfigParser`` and the weights loaded
         strictly with :meth:`from_state_dict`. The task comes from ``task`` in
         ``inference.json`` (or ``metadata.json``) unless given in ``overrides``; ``roi_size``,
-        ``sw_batch_size``, ``overlap`` and ``mode`` of ``inferer`` and ``spacing``, ``orientation``
+        ``sw_batch_size``, ``overlap``, ``mode`` and, for 2D networks, ``slice_axis`` (or MONAI
+        ``SliceInferer``'s ``spatial_dim``) and ``context`` of ``inferer`` and ``spacing``, ``orientation``
         and ``crop_foreground`` of ``preprocessing`` are used when present (``@`` references
         resolved), so the bundle's own settings apply.
 
@@ -289,6 +334,8 @@ class Predictor:
         settings: dict[str, Any] = {}
         for src, dst in (("inferer#roi_size", "roi_size"), ("inferer#sw_batch_size", "sw_batch_size"),
                          ("inferer#overlap", "overlap"), ("inferer#mode", "blend_mode"),
+                         ("inferer#slice_axis", "slice_axis"), ("inferer#spatial_dim", "slice_axis"),
+                         ("inferer#context", "context"),
                          ("preprocessing#spacing", "spacing"), ("preprocessing#orientation", "orientation"),
                          ("preprocessing#crop_foreground", "crop_foreground")):
             if not _bundle_has(parser, src):
@@ -311,6 +358,10 @@ class Predictor:
             "sw_batch_size": self.sw_batch_size,
             "overlap": self.overlap,
             "blend_mode": self.blend_mode,
+            "spatial_dims": self.spatial_dims,
+            "slice_axis": self.slice_axis if self.spatial_dims == 2 else None,
+            "context": self.context,
+            "inferer": type(self._inferer).__name__,
             "tta_axes": list(self.tta_axes),
             "device": str(self.device),
             "amp_bf16": self._autocast_enabled(),
@@ -329,22 +380,16 @@ class Predictor:
         dims = [a + 2 for a in self.tta_axes]
         return [c for k in range(len(dims) + 1) for c in itertools.combinations(dims, k)]
 
+    @property
+    def inferer(self) -> Any:
+        """The MONAI inferer that runs a network over whole volumes (built, or injected)."""
+        return self._inferer
+
     def _get_inferer(self) -> Any:
-        with self._lock:
-            return self._make_inferer()
-
-    def _make_inferer(self) -> Any:
-        if self._inferer is None:
-            from monai.inferers import SlidingWindowInferer
-
-            self._inferer = SlidingWindowInferer(
-                roi_size=self.roi_size, sw_batch_size=self.sw_batch_size, overlap=self.overlap,
-                mode=self.blend_mode, cache_roi_weight_map=True,
-            )
         return self._inferer
 
     def predict_logits(self, image: torch.Tensor, network_index: int = 0, flip: tuple[int, ...] = ()) -> torch.Tensor:
-        """Sliding-window region logits ``(B, R, X, Y, Z)`` (float32) of one network for one mirror."""
+        """Region logits ``(B, R, X, Y, Z)`` (float32) of one network for one mirror, over whole volumes."""
         forward = self._forwards[network_index]
         use_amp = self._autocast_enabled()
 
@@ -562,6 +607,61 @@ def _bundle_value(parser: Any, id_: str) -> Any:
     return value if isinstance(value, (str, int, float, bool, list, tuple)) else None
 
 
+def network_from_checkpoint(checkpoint: Mapping[str, Any], source: str) -> nn.Module:
+    """The network a :class:`~brats_pipeline.module.BratsSegmentationModule` checkpoint holds, with its weights.
+
+    The architecture is ``checkpoint["network"]`` (:func:`brats_pipeline.networks.network_config`
+    of the trained network: registry name, channels, dimensionality, options; written whatever
+    built the network), or for checkpoints without it the hyper-parameters ``network``,
+    ``network_kwargs``, ``task``, ``in_channels`` and ``context``. The ``network.*`` weights of
+    ``state_dict`` are loaded strictly.
+
+    Args:
+        checkpoint: a loaded Lightning checkpoint.
+        source: where it came from (named first in errors).
+
+    Raises:
+        ValueError: the checkpoint names a network by class only (a module not built by
+            :func:`~brats_pipeline.networks.build_network`, whose options are unknown), an
+            unknown registry name, or weights that do not fit.
+    """
+    from brats_pipeline.networks import build_network, check_state_dict_keys
+
+    hp = dict(checkpoint.get("hyper_parameters") or {})
+    config = checkpoint.get("network")
+    if config is None:  # written before checkpoints recorded their network
+        name = hp.get("network", "unet3d")
+        if not isinstance(name, str):
+            raise ValueError(f"{source}: the checkpoint does not say which network it holds; "
+                             "rebuild it and use Predictor(network, ...) or Predictor.from_state_dict")
+        task = get_task(hp.get("task", "brats2021"))
+        in_channels = int(hp.get("in_channels") or len(task.modalities)) * (2 * int(hp.get("context") or 0) + 1)
+        config = {"name": name, "in_channels": in_channels, "out_channels": len(task.regions), "spatial_dims": None,
+                  "kwargs": dict(hp.get("network_kwargs") or {})}
+    elif not config.get("name"):
+        raise ValueError(
+            f"{source}: the network is a {config.get('class_path', '?')} that was given to the module as a built "
+            "module, not by brats_pipeline.networks.build_network, so its options are not recorded; build it and "
+            f"use Predictor(network, ...) or Predictor.from_state_dict(network, '{source}', task)"
+        )
+    kwargs = dict(config.get("kwargs") or {})
+    spatial_dims = kwargs.pop("spatial_dims", None)  # hyper-parameters carry it with the options
+    if config.get("spatial_dims") is not None:
+        spatial_dims = int(config["spatial_dims"])
+    try:
+        network = build_network(config["name"], int(config["in_channels"]), int(config["out_channels"]),
+                                spatial_dims=spatial_dims, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{source}: cannot rebuild network {config['name']!r} with {kwargs}: {exc}") from exc
+    state = {k[len("network."):]: v for k, v in checkpoint["state_dict"].items() if str(k).startswith("network.")}
+    check_state_dict_keys(network, state, source)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{source}: weights do not fit network {config['name']!r} ({str(exc).splitlines()[0]}...)") from exc
+    return network
+
+
 def load_state_dict_strict(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a state-dict file into ``network`` strictly; errors name the file and the mismatched keys.
 
@@ -592,6 +692,43 @@ def load_state_dict_strict(network: nn.Module, path: str | os.PathLike) -> nn.Mo
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit the network ({str(exc).splitlines()[0]}...)") from exc
     return network
+
+
+def _spatial_dims(networks: Sequence[nn.Module], spatial_dims: int | None) -> int:
+    """The dimensionality shared by ``networks`` (read off their convolutions unless given)."""
+    from brats_pipeline.networks import spatial_dims_of
+
+    if spatial_dims is not None:
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        return int(spatial_dims)
+    dims = {spatial_dims_of(n, default=0) for n in networks} - {0}
+    if len(dims) > 1:
+        raise ValueError(f"ensemble members must share one dimensionality, got {sorted(dims)}D networks")
+    return dims.pop() if dims else 3
+
+
+def _context(network: nn.Module, task: Task, context: int | None) -> int:
+    """2.5D neighbours per side of a 2D network: given, or from its input channels (``modalities * (2k + 1)``)."""
+    from brats_pipeline.networks import input_channels_of
+
+    n = len(task.modalities)
+    channels = input_channels_of(network)
+    if context is None:
+        if channels is None or channels == n:
+            return 0
+        if channels % n or (channels // n) % 2 == 0:
+            raise ValueError(
+                f"{type(network).__name__} takes {channels} input channels; task {task.name} has {n} modalities, "
+                f"so a 2D network needs {n} (2D) or {n} x (2k + 1) (2.5D with k neighbours each side)"
+            )
+        return (channels // n - 1) // 2
+    if channels is not None and channels != n * (2 * int(context) + 1):
+        raise ValueError(
+            f"context={context} feeds {n * (2 * int(context) + 1)} channels ({n} modalities x {2 * int(context) + 1} slices), "
+            f"but {type(network).__name__} takes {channels}"
+        )
+    return int(context)
 
 
 __all__ = ["BLEND_MODES", "CasePrediction", "Predictor", "load_state_dict_strict"]

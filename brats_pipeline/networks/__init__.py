@@ -11,14 +11,17 @@ each implements and the input sizes it accepts::
     net = build_network("spatial_attention_unet", in_channels=4, out_channels=3)
 
 MONAI's implementations are used where they exist (``unet3d``, ``attention_unet``,
-``residual_unet``, ``segresnet``, ``swin_unetr``); the others are small modules in this
-package (``spatial_attention_unet``, ``bunet``, ``resnet_unet``, ``mobilenet_unet``).
+``residual_unet``, ``segresnet``, ``swin_unetr``, and the 2D slice networks ``unet2d`` and
+``unet2d_buda``); the others are small modules in this package (``spatial_attention_unet``,
+``bunet``, ``resnet_unet``, ``mobilenet_unet``). A network's spatial dimensionality is what
+the rest of the pipeline follows (:func:`spatial_dims_of` reads it off a built module).
 A new architecture is a new file here plus one :data:`NETWORKS` entry.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,8 +35,12 @@ __all__ = [
     "build_network",
     "check_state_dict_keys",
     "count_parameters",
+    "default_spatial_dims",
     "get_network_spec",
+    "input_channels_of",
+    "network_config",
     "network_names",
+    "spatial_dims_of",
 ]
 
 
@@ -51,6 +58,7 @@ class NetworkSpec:
         size_multiple: each spatial input size must be a multiple of this.
         min_size: each spatial input size must be at least this (below it the deepest
             feature map is a single voxel, which instance/batch norm cannot normalise).
+        scriptable: ``torch.jit.script`` compiles it (what ``monai.bundle ckpt_export`` needs).
     """
 
     name: str
@@ -60,6 +68,7 @@ class NetworkSpec:
     spatial_dims: tuple[int, ...] = (2, 3)
     size_multiple: int = 16
     min_size: int = 32
+    scriptable: bool = True
 
     def factory(self) -> Callable[..., nn.Module]:
         """Import and return the factory function."""
@@ -122,6 +131,25 @@ NETWORKS: dict[str, NetworkSpec] = {
             "MONAI SwinUNETR: shifted-window transformer encoder, CNN decoder with skip connections",
             size_multiple=32,
             min_size=64,
+            scriptable=False,  # MONAI's SwinUNETR uses keyword-only arguments TorchScript rejects
+        ),
+        NetworkSpec(
+            "unet2d",
+            f"{_PKG}.monai_nets:unet2d",
+            "Kerfoot et al., Left-Ventricle Quantification Using Residual U-Net, STACOM 2018 "
+            "(MONAI UNet; the 2D slice network of the CPU recipe)",
+            "MONAI UNet, 2D: 5 levels 16-32-64-128-256, strided-conv down, one residual unit per block, "
+            "instance norm: few FLOPs per 256x256 slice",
+            spatial_dims=(2,),
+        ),
+        NetworkSpec(
+            "unet2d_buda",
+            f"{_PKG}.monai_nets:unet2d_buda",
+            "Buda, Saha, Mazurowski, Association of genomic subtypes of lower-grade gliomas with shape "
+            "features automatically extracted by a deep learning algorithm, Comput. Biol. Med. 2019",
+            "MONAI BasicUNet, 2D, the paper's U-Net: 32-64-128-256 features + 512 bottleneck, "
+            "(3x3 conv-BN-ReLU)x2 per level, max-pool down, transposed-conv up",
+            spatial_dims=(2,),
         ),
         NetworkSpec(
             "resnet_unet",
@@ -161,8 +189,14 @@ def get_network_spec(name: str) -> NetworkSpec:
     return NETWORKS[name]
 
 
+def default_spatial_dims(name: str) -> int:
+    """The dimensionality ``name`` is built with when none is asked for: 3 if it supports 3D, else 2."""
+    dims = get_network_spec(name).spatial_dims
+    return 3 if 3 in dims else dims[0]
+
+
 def build_network(
-    name: str, in_channels: int, out_channels: int, spatial_dims: int = 3, **kw: Any
+    name: str, in_channels: int, out_channels: int, spatial_dims: int | None = None, **kw: Any
 ) -> nn.Module:
     """Build the network registered as ``name``.
 
@@ -171,7 +205,8 @@ def build_network(
         in_channels: input channels (the task's modalities, e.g. 4 for BraTS).
         out_channels: output channels (one logit per region in sigmoid mode, per class in
             softmax mode).
-        spatial_dims: 3 for volumes ``(X, Y, Z)``, 2 for slices ``(X, Y)``.
+        spatial_dims: 3 for volumes ``(X, Y, Z)``, 2 for slices ``(X, Y)``; ``None``: 3 when the
+            architecture supports it, else 2 (the 2D-only ``unet2d``, ``resnet_unet`` ...).
         **kw: architecture options passed to the factory (e.g. ``features=...`` for
             ``unet3d``, ``encoder_weights=PATH`` for ``resnet_unet``).
 
@@ -183,6 +218,8 @@ def build_network(
             architecture does not support.
     """
     spec = get_network_spec(name)
+    if spatial_dims is None:
+        spatial_dims = default_spatial_dims(name)
     for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be a positive int, got {value!r}")
@@ -194,7 +231,27 @@ def build_network(
             f"network {name!r} is {supported} only and cannot be built with spatial_dims={spatial_dims}; "
             f"networks for {spatial_dims}D: {', '.join(n for n, s in NETWORKS.items() if spatial_dims in s.spatial_dims)}"
         )
-    return spec.factory()(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **kw)
+    net = spec.factory()(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **kw)
+    # what it was built from, so that checkpoints say which network they hold (see network_config)
+    net.brats_network_config = {
+        "name": name, "in_channels": in_channels, "out_channels": out_channels, "spatial_dims": spatial_dims,
+        "kwargs": {k: str(v) if isinstance(v, os.PathLike) else v for k, v in kw.items()},
+    }
+    return net
+
+
+def network_config(module: nn.Module) -> dict[str, Any] | None:
+    """How :func:`build_network` built ``module``, or ``None`` for a module built some other way.
+
+    Returns:
+        A copy of ``{"name", "in_channels", "out_channels", "spatial_dims", "kwargs"}``: plain
+        data (saved in checkpoints); ``build_network(name, in_channels, out_channels,
+        spatial_dims, **kwargs)`` builds the same architecture again.
+    """
+    import copy
+
+    config = getattr(module, "brats_network_config", None)
+    return copy.deepcopy(config) if isinstance(config, dict) else None
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -221,3 +278,34 @@ def check_state_dict_keys(network: nn.Module, state: Any, source: str) -> None:
             f"{source}: weights do not match the network: {len(missing)} missing keys {missing[:5]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:5]}"
         )
+
+
+def _first_convolution(module: nn.Module) -> nn.Module | None:
+    from torch import nn
+
+    conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    return next((m for m in module.modules() if isinstance(m, conv_types)), None)
+
+
+def spatial_dims_of(module: nn.Module, default: int | None = None) -> int:
+    """Spatial dimensionality of a network: that of its first convolution (2 for ``Conv2d``, 3 for ``Conv3d``).
+
+    Args:
+        module: a network (registry-built, a MONAI bundle's ``network_def``, or any ``nn.Module``).
+        default: returned when ``module`` has no convolution; ``None`` makes that an error.
+
+    Raises:
+        ValueError: no convolution and no ``default``.
+    """
+    conv = _first_convolution(module)
+    if conv is None:
+        if default is None:
+            raise ValueError(f"cannot tell the spatial dimensionality of {type(module).__name__}: it has no convolution")
+        return int(default)
+    return len(conv.kernel_size)
+
+
+def input_channels_of(module: nn.Module) -> int | None:
+    """Input channels of a network's first convolution, or ``None`` when it has none."""
+    conv = _first_convolution(module)
+    return None if conv is None else int(conv.in_channels)

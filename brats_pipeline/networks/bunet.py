@@ -198,9 +198,12 @@ class BUNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        for i in reversed(range(len(self.decoders))):
-            x = self.ups[i](x)
-            x = self.decoders[i](torch.cat([x, self.skips[i](skips[i])], dim=1))
+        # deepest level first; TorchScript indexes a ModuleList only in a loop over it, hence
+        # the level test inside
+        for level in range(len(skips) - 1, -1, -1):
+            for i, (up, skip, decoder) in enumerate(zip(self.ups, self.skips, self.decoders)):
+                if i == level:
+                    x = decoder(torch.cat([up(x), skip(skips[i])], dim=1))
         return self.head(x)
 
 

@@ -72,12 +72,14 @@ class EncoderUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, X, Y)`` for ``x`` of shape ``(B, in_channels, X, Y)``."""
         features = self.encoder(x)
-        skips: list[torch.Tensor | None] = [*features[-2::-1], None]
         y = features[-1]
-        for block, skip in zip(self.decoder, skips, strict=True):
-            y = F.interpolate(y, size=(skip if skip is not None else x).shape[2:], mode="nearest")
-            if skip is not None:
-                y = torch.cat([y, skip], dim=1)
+        for i, block in enumerate(self.decoder):
+            level = len(features) - 2 - i  # the encoder map this block joins; none for the last block
+            if level >= 0:
+                skip = features[level]
+                y = torch.cat([F.interpolate(y, size=skip.shape[2:], mode="nearest"), skip], dim=1)
+            else:
+                y = F.interpolate(y, size=x.shape[2:], mode="nearest")
             y = block(y)
         return self.head(y)
 

@@ -183,6 +183,7 @@ class MobileNetV2Encoder(TorchvisionEncoder):
         (6, 320, 1, 1),
     )
     _TAPS = (1, 3, 6, 13, 18)
+    __constants__ = ["_TAPS"]  # so that TorchScript sees it
 
     def __init__(self, in_channels: int = 3) -> None:
         super().__init__()

@@ -118,9 +118,12 @@ class SpatialAttentionUNet(nn.Module):
             maps.append(a)
             x = self.pool(x)
         x = self.bottleneck(x)
-        for i in reversed(range(len(self.decoders))):
-            x = self.ups[i](x)
-            x = self.decoders[i](torch.cat([x, skips[i], maps[i]], dim=1))
+        # deepest level first; TorchScript indexes a ModuleList only in a loop over it, hence
+        # the level test inside (4 levels: 16 integer comparisons)
+        for level in range(len(skips) - 1, -1, -1):
+            for i, (up, decoder) in enumerate(zip(self.ups, self.decoders)):
+                if i == level:
+                    x = decoder(torch.cat([up(x), skips[i], maps[i]], dim=1))
         return self.head(x)
 
 

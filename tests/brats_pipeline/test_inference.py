@@ -232,7 +232,7 @@ def _tiny_checkpoint(path: Path, task: str = "brats2021", seed: int = 0) -> Path
 
     torch.manual_seed(seed)
     module = BratsSegmentationModule("unet3d", {"features": [4, 4, 8, 8, 16, 4]}, task=task, roi_size=(32, 32, 32),
-                                     sw_batch_size=2, overlap=0.25, scheduler="none")
+                                     sw_batch_size=2, overlap=0.25, lr_scheduler=None)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": pl.__version__,
                 "datamodule_hyper_parameters": {"spacing": None, "orientation": "RAS", "crop_foreground": True}}, path)
@@ -346,3 +346,53 @@ def test_cli_on_a_dataset_folder_reports_a_case_with_a_missing_modality(tmp_path
     assert rows["BraTS2021_00000"]["status"] == "ok"
     assert rows["BraTS2021_00001"]["status"] == "failed" and "t2" in rows["BraTS2021_00001"]["error"]
     assert not (out / "BraTS2021_00001.nii.gz").exists()
+
+
+# ----------------------------------------------------------------------------- 2D and 2.5D networks
+def test_from_state_dict_builds_a_25d_network_for_the_context(tmp_path: Path) -> None:
+    from brats_pipeline.networks import build_network
+
+    kwargs = {"channels": [4, 8, 16], "strides": [2, 2]}
+    torch.save(build_network("unet2d", 9, 1, **kwargs).state_dict(), tmp_path / "model.pt")  # 3 modalities x 3 slices
+    p = Predictor.from_state_dict("unet2d", tmp_path / "model.pt", "lgg", network_kwargs=kwargs, device="cpu",
+                                  context=1, roi_size=(16, 16), sw_batch_size=4)
+    assert (p.spatial_dims, p.context, p.slice_axis) == (2, 1, 2)
+    probs = p.predict_volume(torch.randn(3, 20, 16, 7))
+    assert probs.shape == (1, 20, 16, 7) and bool(((probs > 0) & (probs < 1)).all())
+    with pytest.raises(ValueError, match="model.pt: weights do not fit the network"):  # a 2D (3-channel) build: shapes differ
+        Predictor.from_state_dict("unet2d", tmp_path / "model.pt", "lgg", network_kwargs=kwargs, device="cpu")
+
+
+def test_from_bundle_with_a_2d_network_reads_its_slice_inferer(tmp_path: Path) -> None:
+    from brats_pipeline.networks import build_network
+
+    (tmp_path / "b" / "configs").mkdir(parents=True)
+    (tmp_path / "b" / "models").mkdir()
+    kwargs = {"channels": [4, 8, 16], "strides": [2, 2]}
+    config = {
+        "task": "lgg",
+        "network_def": {"_target_": "brats_pipeline.networks.build_network", "name": "unet2d", "in_channels": 15,
+                        "out_channels": 1, **kwargs},
+        "inferer": {"_target_": "brats_pipeline.inference.inferers.build_inferer", "spatial_dims": 2, "roi_size": [32, 16],
+                    "sw_batch_size": 8, "overlap": 0.25, "slice_axis": 1, "context": 2},
+    }
+    (tmp_path / "b" / "configs" / "inference.json").write_text(json.dumps(config))
+    torch.save(build_network("unet2d", 15, 1, **kwargs).state_dict(), tmp_path / "b" / "models" / "model.pt")
+    p = Predictor.from_bundle(tmp_path / "b", device="cpu")
+    assert (p.spatial_dims, p.slice_axis, p.context, p.roi_size, p.sw_batch_size) == (2, 1, 2, (32, 16), 8)
+    assert p.predict_volume(torch.randn(3, 30, 5, 16)).shape == (1, 30, 5, 16)
+
+
+def test_from_checkpoint_of_a_25d_module(tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+
+    module = BratsSegmentationModule("unet2d", {"channels": [4, 8, 16], "strides": [2, 2]}, task="lgg", roi_size=(16, 16), context=1)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    p = Predictor.from_checkpoint(tmp_path / "m.ckpt", device="cpu")
+    assert (p.spatial_dims, p.context, p.roi_size) == (2, 1, (16, 16))
+    torch.manual_seed(0)
+    volume = torch.randn(1, 3, 16, 16, 6)
+    expected = torch.sigmoid(module.eval().sliding_window(volume))  # the module's own inferer: the same slices
+    torch.testing.assert_close(p.predict_volume(volume), expected, atol=1e-5, rtol=0)

@@ -346,3 +346,56 @@ def test_check_state_dict_keys_names_the_source_and_the_keys() -> None:
     wrong = {**{k: v for k, v in state.items() if not k.startswith("final_conv")}, "head.weight": state["final_conv.weight"]}
     with pytest.raises(ValueError, match=r"^model\.pt: weights do not match the network: 2 missing keys \['final_conv.bias', 'final_conv.weight'\], 1 unexpected keys \['head.weight'\]"):
         check_state_dict_keys(net, wrong, "model.pt")
+
+
+# ------------------------------------------------------------- 2D slice networks, TorchScript
+TINY.update(
+    {
+        "unet2d": {"channels": (4, 8, 8, 16, 16)},
+        "unet2d_buda": {"features": (4, 8, 8, 16, 16, 4)},
+    }
+)
+
+
+def test_2d_slice_networks_are_registered_2d_only_with_their_papers_configuration():
+    from brats_pipeline.networks import input_channels_of, spatial_dims_of
+
+    buda = build_network("unet2d_buda", 3, 1)  # 2D without asking: the entry is 2D only
+    convs = [m for m in buda.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].out_channels == 32 and max(c.out_channels for c in convs) == 512
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in buda.modules())
+    fast = build_network("unet2d", 3, 1)
+    assert spatial_dims_of(fast) == 2 and input_channels_of(fast) == 3
+    assert [m.out_channels for m in fast.modules() if isinstance(m, torch.nn.Conv2d)][0] == 16
+    with pytest.raises(ValueError, match="'unet2d' is 2D only"):
+        build_network("unet2d", 3, 1, spatial_dims=3)
+    assert spatial_dims_of(build_network("bunet", 3, 1, spatial_dims=2, **TINY["bunet"])) == 2
+    assert spatial_dims_of(build_network("bunet", 3, 1, **TINY["bunet"])) == 3  # 3D where supported
+    assert spatial_dims_of(torch.nn.Identity(), default=3) == 3
+    with pytest.raises(ValueError, match="cannot tell the spatial dimensionality of Identity"):
+        spatial_dims_of(torch.nn.Identity())
+
+
+#: networks the bundles in bundles/*/configs export with ``monai.bundle ckpt_export`` must script
+SCRIPTED = [n for n, s in NETWORKS.items() if s.scriptable]
+
+
+def test_every_bundles_network_is_meant_to_be_scriptable():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "bundles"
+    names = {json.loads(p.read_text())["network_def"].get("name") for p in root.glob("*/configs/inference.json")}
+    assert names and names <= set(SCRIPTED), names - set(SCRIPTED)
+    assert "swin_unetr" not in SCRIPTED  # MONAI's SwinUNETR does not script
+
+
+@pytest.mark.parametrize("name", SCRIPTED)
+def test_registered_networks_script_and_match_eager(name):
+    dims = 3 if 3 in NETWORKS[name].spatial_dims else 2
+    torch.manual_seed(0)
+    net = build_network(name, IN, OUT, spatial_dims=dims, **TINY[name]).eval()
+    scripted = torch.jit.script(net)
+    x = torch.randn(2, IN, *((32,) * dims))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), atol=1e-5, rtol=1e-4)

@@ -1,0 +1,111 @@
+"""The one place an inferer is built: 3D sliding windows, 2D slice by slice, 2.5D slabs.
+
+Every inferer takes whole volumes ``(B, C, X, Y, Z)`` and a network, and returns region
+logits ``(B, R, X, Y, Z)`` on the same grid, whatever the network's dimensionality:
+
+* 3D network: MONAI ``SlidingWindowInferer`` with ``roi_size`` (x, y, z) windows;
+* 2D network: MONAI ``SliceInferer``: every slice along ``slice_axis`` (0 = x, 1 = y, 2 = z)
+  goes through the network on its own (tiled by ``roi_size`` in-plane windows when the slice is
+  larger), and the outputs are stacked back into the volume;
+* 2.5D network (``context = k > 0``): :class:`ContextSliceInferer`: each slice with its ``k``
+  neighbours on each side as channels (:func:`brats_pipeline.data.slices.stack_context`, edge
+  slices repeated), then as 2D.
+
+Used by :class:`~brats_pipeline.module.BratsSegmentationModule` (validation) and
+:class:`~brats_pipeline.inference.Predictor`; a MONAI bundle can name :func:`build_inferer` as
+its ``inferer`` (``"_target_": "brats_pipeline.inference.inferers.build_inferer"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+
+from brats_pipeline.data.slices import check_context, check_slice_axis, in_plane, stack_context
+
+BLEND_MODES = ("gaussian", "constant")
+
+
+class ContextSliceInferer(SliceInferer):
+    """2.5D inference: a 2D network fed each slice with ``context`` neighbours each side as channels.
+
+    The volume's ``C`` channels become ``C * (2 * context + 1)`` (channel ``c * (2k + 1) + j`` is
+    modality ``c`` of slice ``i - k + j``, edge slices repeated; the order the training slabs
+    have), then MONAI's :class:`~monai.inferers.SliceInferer` runs the network slice by slice.
+
+    Args:
+        spatial_dim: the slice axis, 0, 1 or 2 (x, y, z).
+        context: neighbours on each side (at least 1; 0 is plain ``SliceInferer``).
+        *args: ``SliceInferer`` / ``SlidingWindowInferer`` arguments (``roi_size`` of 2 in-plane sizes, ...).
+        **kwargs: as ``*args``.
+    """
+
+    def __init__(self, spatial_dim: int = 2, context: int = 1, *args: Any, **kwargs: Any) -> None:
+        if check_context(context) < 1:
+            raise ValueError(f"ContextSliceInferer needs context >= 1, got {context!r}; use SliceInferer for 2D")
+        super().__init__(check_slice_axis(spatial_dim), *args, **kwargs)
+        self.context = context
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> Any:
+        """Logits ``(B, R, X, Y, Z)`` for volumes ``inputs`` ``(B, C, X, Y, Z)``."""
+        plain = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
+        return super().__call__(stack_context(plain, self.spatial_dim, self.context), network, *args, **kwargs)
+
+
+def build_inferer(
+    spatial_dims: int = 3,
+    roi_size: Sequence[int] = (128, 128, 128),
+    sw_batch_size: int = 4,
+    overlap: float = 0.5,
+    mode: str = "gaussian",
+    slice_axis: int = 2,
+    context: int = 0,
+    cache_roi_weight_map: bool = False,
+) -> Inferer:
+    """The inferer for a network of ``spatial_dims`` over whole volumes ``(B, C, X, Y, Z)``.
+
+    Args:
+        spatial_dims: the network's: 3 (volumes) or 2 (slices; 2.5D with ``context > 0``).
+        roi_size: window size in voxels: (x, y, z) for 3D; for 2D the two in-plane sizes (in
+            axis order), or (x, y, z) of which the slice axis' entry is ignored.
+        sw_batch_size: windows (for 2D: slices, or in-plane tiles) per forward pass.
+        overlap: overlap fraction of neighbouring windows, in ``[0, 1)`` (in-plane for 2D).
+        mode: blending of overlapping windows, ``gaussian`` or ``constant``.
+        slice_axis: 2D only: the axis slices are taken across, 0, 1 or 2 (x, y, z).
+        context: 2D only: neighbouring slices on each side stacked as channels (2.5D).
+        cache_roi_weight_map: 3D only: compute the blending weights once (MONAI option).
+
+    Returns:
+        ``SlidingWindowInferer`` (3D), ``SliceInferer`` (2D) or :class:`ContextSliceInferer` (2.5D).
+
+    Raises:
+        ValueError: a bad value, named (e.g. ``context`` with a 3D network).
+    """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    if isinstance(sw_batch_size, bool) or int(sw_batch_size) < 1:
+        raise ValueError(f"sw_batch_size must be at least 1, got {sw_batch_size!r}")
+    if not 0 <= float(overlap) < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if mode not in BLEND_MODES:
+        raise ValueError(f"unknown blend mode {mode!r}; choose one of {BLEND_MODES}")
+    check_slice_axis(slice_axis)
+    check_context(context)
+    common = {"sw_batch_size": int(sw_batch_size), "overlap": float(overlap), "mode": mode}
+    if spatial_dims == 3:
+        roi = tuple(int(s) for s in roi_size)
+        if len(roi) != 3 or min(roi) < 1:
+            raise ValueError(f"roi_size must be three positive sizes (x, y, z) for a 3D network, got {tuple(roi_size)}")
+        if context:
+            raise ValueError(f"context={context} (2.5D slabs) needs a 2D network; this one is 3D")
+        return SlidingWindowInferer(roi_size=roi, cache_roi_weight_map=cache_roi_weight_map, **common)
+    roi = in_plane(roi_size, slice_axis, "roi_size")
+    if context:
+        return ContextSliceInferer(slice_axis, context, roi_size=roi, **common)
+    return SliceInferer(spatial_dim=slice_axis, roi_size=roi, **common)
+
+
+__all__ = ["BLEND_MODES", "ContextSliceInferer", "build_inferer"]
