@@ -240,12 +240,15 @@ def test_usr1_requeues_training_and_it_resumes(slurm_env: dict[str, str], tmp_pa
     resumed_from = Path(resume_lines[0].split("resume from: ", 1)[1].strip())
     assert f"Restored all states from the checkpoint at {resumed_from}" in text
     resumed_epoch = _ckpt(resumed_from)["epoch"]
-    # ... so it did not start over: its log (version_1) begins after the epochs already trained
-    first_run = _csv_epochs(next(run_dir.glob("runs/*/*/version_0/metrics.csv")))
-    second_run = _csv_epochs(next(run_dir.glob("runs/*/*/version_1/metrics.csv")))
-    assert first_run[0] == 0 and second_run[0] >= max(1, resumed_epoch), (first_run, second_run, resumed_from)
-    assert second_run[-1] == epochs - 1 and len(second_run) < epochs
-    last = _ckpt(next(run_dir.glob("runs/*/*/version_1/checkpoints/last.ckpt")))
+    # ... so it did not start over, and it logged into the first run's folder: one metrics.csv for the run
+    assert not list(run_dir.glob("runs/*/*/version_1")), "the resumed run must log into version_0"
+    metrics_csv = next(run_dir.glob("runs/*/*/version_0/metrics.csv"))
+    with open(metrics_csv, newline="") as f:
+        epoch_rows = [int(row["epoch"]) for row in csv.DictReader(f) if row.get("train/loss_epoch")]
+    assert _csv_epochs(metrics_csv) == list(range(epochs)), (epoch_rows, resumed_from)
+    trained_before = range(max(1, resumed_epoch))  # the epochs the checkpoint had finished: not trained again
+    assert all(epoch_rows.count(e) == 1 for e in trained_before), (epoch_rows, resumed_from)
+    last = _ckpt(next(run_dir.glob("runs/*/*/version_0/checkpoints/last.ckpt")))
     assert last["epoch"] == epochs - 1
     assert (run_dir / "model.ckpt").is_file()
 
