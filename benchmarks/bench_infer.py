@@ -18,8 +18,17 @@ Printed per recipe: seconds per case end to end, cases per minute, model-compute
 case (sliding window on a case already on the device), and the ratio to the zoo recipe.
 Targets (issue 6, one H100): single case ≤ 0.7 s, batch ≥ 200 cases/min.
 
+``--lgg-bundle`` instead times the shipped LGG bundle (``bundles/lgg_flair_segmentation``,
+2.5D U-Net) end to end on one real LGG patient of ``../shared/data/lgg`` (256×256×~40): read
+the three modality files, predict, write the label NIfTI, one pass after the other (the first
+pass warms up), through both inference paths: ``brats-infer --bundle`` (``Predictor.from_bundle``)
+and ``monai.bundle run`` (``inference.json``'s evaluator, in process). It prints the median
+seconds, the CPU model and the target (issue 19: ≤ 1.5 s on the 2-core CPU).
+
     python benchmarks/bench_infer.py --cases 32                 # GPU
     python benchmarks/bench_infer.py --device cpu --cases 2     # CPU smoke check (cropped volumes, small windows)
+    python benchmarks/bench_infer.py --lgg-bundle                # the shipped LGG bundle on this CPU
+    python benchmarks/bench_infer.py --lgg-bundle --patient TCGA_HT_7882_19970125 --repeats 10
 """
 
 from __future__ import annotations
@@ -38,6 +47,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CASE = REPO.parent / "shared" / "data" / "brats_case"
+LGG_DATA = REPO.parent / "shared" / "data" / "lgg"
+LGG_BUNDLE = REPO / "bundles" / "lgg_flair_segmentation"
+#: A patient of median tumour size with 38 axial slices (any other works: --patient).
+LGG_PATIENT = "TCGA_DU_A5TP_19970614"
+#: Issue 19: one LGG patient end to end (read, predict, write) with the shipped bundle on the 2-core CPU.
+LGG_TARGET_S = 1.5
 #: Files of the real case in brats2023 channel order (t1c, t1n, t2w, t2f).
 CASE_FILES = ("t1c", "t1n", "t2w", "t2f")
 
@@ -205,6 +220,91 @@ def time_reading(case: dict[str, Any], threads: int) -> float:
     return time.perf_counter() - t0
 
 
+# ------------------------------------------------------------------------------ LGG bundle
+def _lgg_bundle_copy(bundle: Path, out: Path) -> tuple[Path, str]:
+    """The bundle itself when it ships weights, else a copy with seeded random ones (speed does not depend on them)."""
+    if (bundle / "models" / "model.pt").is_file():
+        return bundle, f"shipped weights ({bundle / 'models' / 'model.pt'})"
+    import brats_pipeline.bundle as bb
+
+    copy = out / bundle.name
+    shutil.copytree(bundle, copy)
+    torch.manual_seed(0)
+    bb.save_state_dict(bb.bundle_parser(copy).get_parsed_content("network_def").state_dict(), copy / "models" / "model.pt")
+    return copy, "RANDOM weights: models/model.pt is absent (the time does not depend on the weights)"
+
+
+def time_predictor(bundle: Path, case: dict[str, Any], out_dir: Path, repeats: int) -> list[float]:
+    """``brats-infer --bundle``'s path: ``Predictor.from_bundle``, then per pass read + predict + write."""
+    from brats_pipeline.inference import Predictor
+    from brats_pipeline.inference.batch import label_path
+    from preprocessing.io import write_nifti
+
+    times = []
+    with Predictor.from_bundle(bundle, device="cpu") as predictor:
+        for i in range(repeats + 1):  # the first pass warms up
+            t0 = time.perf_counter()
+            result = predictor.predict_case(case)
+            write_nifti(result.label, result.affine, label_path(out_dir, case["case_id"]), dtype=np.uint8)
+            if i:
+                times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_bundle_run(bundle: Path, data_dir: Path, out_dir: Path, repeats: int) -> list[float]:
+    """``monai.bundle run``'s path: ``inference.json``'s evaluator (load, preprocess, infer, invert, write) per pass."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(bundle), "dataset_dir": str(data_dir), "output_dir": str(out_dir),
+                   "device": "cpu", "overwrite": True})
+    evaluator = parser.get_parsed_content("evaluator")
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        result = evaluator.run()
+        if result["ok"] != 1:
+            raise RuntimeError(f"monai.bundle run path failed: {result}")
+        if i:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_lgg_bundle(args: argparse.Namespace) -> int:
+    from brats_pipeline.devices import cores_available, cpu_has_native_bf16, cpu_model_name
+
+    source = args.lgg_data / args.patient
+    if not source.is_dir():
+        raise SystemExit(f"{source}: patient folder not found (--lgg-data, --patient)")
+    threads = args.threads or cores_available()
+    torch.set_num_threads(threads)
+    import nibabel as nib
+
+    shape = nib.load(str(source / f"{args.patient}_flair.nii.gz")).shape
+    print(f"CPU: {cpu_model_name()}; {threads} torch threads; native bf16: {cpu_has_native_bf16()}; torch {torch.__version__}")
+    with tempfile.TemporaryDirectory(prefix="bench_lgg_bundle_") as tmp:
+        tmp = Path(tmp)
+        bundle, weights = _lgg_bundle_copy(args.lgg_bundle_dir, tmp)
+        data_dir = tmp / "input"
+        data_dir.mkdir()
+        (data_dir / args.patient).symlink_to(source.resolve())  # read in place, never copied
+        case = {"case_id": args.patient, "image": [str(source / f"{args.patient}_{m}.nii.gz") for m in ("t1", "flair", "t1c")]}
+        print(f"bundle {args.lgg_bundle_dir.name} with {weights}; patient {args.patient} {shape}; "
+              f"{args.repeats} timed passes after one warm-up")
+        rows = {
+            "brats-infer --bundle (Predictor)": time_predictor(bundle, case, tmp / "predictor", args.repeats),
+            "monai.bundle run (inference.json)": time_bundle_run(bundle, data_dir, tmp / "bundle_run", args.repeats),
+        }
+    print(f"\n{'path':<36}{'median s':>10}{'min s':>8}{'max s':>8}   target <= {LGG_TARGET_S} s (read, predict, write)")
+    for name, times in rows.items():
+        med = statistics.median(times)
+        verdict = "met" if med <= LGG_TARGET_S else f"missed by {med - LGG_TARGET_S:.2f} s"
+        print(f"{name:<36}{med:>10.3f}{min(times):>8.3f}{max(times):>8.3f}   {verdict}")
+    print(f"(CPU: {cpu_model_name()}, {threads} threads; a busy machine slows every figure)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_CASE, help="folder with t1c/t1n/t2w/t2f .nii.gz (default ../shared/data/brats_case)")
@@ -221,7 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--writer-threads", type=int, default=4)
     p.add_argument("--compile", action="store_true", help="torch.compile our network")
     p.add_argument("--skip-zoo", action="store_true")
+    lgg = p.add_argument_group("--lgg-bundle: the shipped LGG bundle on one real patient, this CPU")
+    lgg.add_argument("--lgg-bundle", action="store_true", help="time the LGG bundle end to end (the rest is ignored)")
+    lgg.add_argument("--lgg-bundle-dir", type=Path, default=LGG_BUNDLE, help=f"bundle folder (default {LGG_BUNDLE})")
+    lgg.add_argument("--lgg-data", type=Path, default=LGG_DATA, help=f"LGG patient folders (default {LGG_DATA})")
+    lgg.add_argument("--patient", default=LGG_PATIENT, help=f"patient id (default {LGG_PATIENT})")
+    lgg.add_argument("--repeats", type=int, default=5, help="timed passes per path (default 5)")
+    lgg.add_argument("--threads", type=int, help="torch threads (default: the cores this process may use)")
     args = p.parse_args(argv)
+    if args.lgg_bundle:
+        return run_lgg_bundle(args)
     warnings.filterwarnings("ignore", message="inverse has been called but no invertible transforms")  # the zoo's Invertd
     device = torch.device(args.device)
     cpu = device.type == "cpu"

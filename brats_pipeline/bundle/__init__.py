@@ -9,8 +9,10 @@ package with ``"_target_": "brats_pipeline.bundle.<name>"`` (the names below):
 * :mod:`~brats_pipeline.bundle.inference` — ``inference.json``/``evaluate.json``:
   :func:`inference_preprocessing`, :class:`RegionsToLabelsd`, strict :func:`load_network`,
   :func:`inference_cases`, :class:`LabelWriter`, :class:`CaseScorer`, :class:`BundleRunner`;
-* :mod:`~brats_pipeline.bundle.templates` / :mod:`~brats_pipeline.bundle.docs` — every file
-  of the four bundles from one :class:`BundleSpec` each (:data:`BUNDLES`);
+* :mod:`~brats_pipeline.bundle.specs` — what differs between the four bundles, one
+  :class:`BundleSpec` each (:data:`BUNDLES`; the LGG one is the LGG CPU recipe, 2.5D);
+  :mod:`~brats_pipeline.bundle.templates` / :mod:`~brats_pipeline.bundle.docs` — every file
+  of a bundle from its spec;
 * :mod:`~brats_pipeline.bundle.tools` — :func:`export_checkpoint`, :func:`verify_bundle`,
   :func:`stack_modalities` (``brats-bundle export|verify|stack``).
 """
@@ -31,15 +33,8 @@ from brats_pipeline.bundle.inference import (
     load_network,
     root_cause,
 )
-from brats_pipeline.bundle.templates import (
-    BUNDLES,
-    SCHEMA_URL,
-    BundleSpec,
-    check_bundle,
-    get_bundle_spec,
-    render_bundle,
-    write_bundle,
-)
+from brats_pipeline.bundle.specs import BUNDLES, BundleSpec, get_bundle_spec, spec_from_recipe
+from brats_pipeline.bundle.templates import SCHEMA_URL, check_bundle, render_bundle, write_bundle
 from brats_pipeline.bundle.tools import (
     CONFIG_FILES,
     MODEL_FILE,
@@ -66,11 +61,12 @@ from brats_pipeline.bundle.training import (
 from brats_pipeline.callbacks import SlurmRequeue, TrainingCurves
 
 __all__ = [
-    "BUNDLES", "CONFIG_FILES", "MODEL_FILE", "SCHEMA_URL", "BundleRunner", "BundleSpec", "CaseOutcome", "CaseScorer",
-    "CaseSplit", "Check", "CheckChannelsd", "LabelWriter", "RegionsToLabelsd", "SaveBestNetwork", "SlurmRequeue", "TrainingCurves",
-    "accelerator_of", "as_device", "bundle_parser", "case_id_of", "case_modality_files", "check_bundle",
-    "config_property_problems", "ddp_devices", "devices_of", "export_checkpoint", "get_bundle_spec", "image_files",
-    "inference_cases", "inference_preprocessing", "load_cases", "load_network", "network_state_dict",
-    "precision_of", "readme", "render_bundle", "root_cause", "save_state_dict", "split_datamodule", "stack_modalities",
-    "verify_bundle", "write_bundle",
+    "BUNDLES", "CONFIG_FILES", "MODEL_FILE", "SCHEMA_URL", "BundleRunner", "BundleSpec", "CaseOutcome",
+    "CaseScorer", "CaseSplit", "Check", "CheckChannelsd", "LabelWriter", "RegionsToLabelsd",
+    "SaveBestNetwork", "SlurmRequeue", "TrainingCurves", "accelerator_of", "as_device", "bundle_parser",
+    "case_id_of", "case_modality_files", "check_bundle", "config_property_problems", "ddp_devices",
+    "devices_of", "export_checkpoint", "get_bundle_spec", "image_files", "inference_cases",
+    "inference_preprocessing", "load_cases", "load_network", "network_state_dict", "precision_of", "readme",
+    "render_bundle", "root_cause", "save_state_dict", "spec_from_recipe", "split_datamodule",
+    "stack_modalities", "verify_bundle", "write_bundle",
 ]

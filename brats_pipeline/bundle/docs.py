@@ -1,18 +1,108 @@
-"""``docs/README.md`` of a bundle: model, data, channels, labels, recipe, metrics, commands."""
+"""``docs/README.md`` of a bundle: model, data, channels, labels, recipe, metrics, shipped weights, commands."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from typing import Any
 
-from brats_pipeline.bundle.templates import BundleSpec, _network_def
+from brats_pipeline.bundle.specs import BundleSpec
+from brats_pipeline.bundle.templates import _network_def
 
 
 def _ts_export_args(spec: BundleSpec) -> str:
     if spec.scriptable:
         return ""
-    shape = [1, len(spec.task_obj.modalities), *spec.roi_size]
+    shape = [1, spec.in_channels, *spec.roi_size]
     return f' --use_trace True --input_shape "{shape}"'
+
+
+def _sci(x: float) -> str:
+    """``1e-3`` style (one significant digit, no zero-padded exponent)."""
+    return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def _recipe(spec: BundleSpec) -> str:
+    """The training recipe in words, from the spec (what ``train.json`` does)."""
+    orient = f"reoriented to {spec.orientation}" if spec.orientation else "kept in the files' orientation (no reorientation)"
+    aug = ", ".join(f"{k}={v}" for k, v in spec.augmentation) or "the defaults of `AugmentationConfig`"
+    roi = "x".join(str(s) for s in spec.roi_size)
+    schedule, opt = dict(spec.schedule), dict(spec.optimizer_options)
+    optimizer = f"{spec.optimizer.rsplit('.', 1)[-1]} ({', '.join(f'{k} {v:g}' for k, v in opt.items())})"
+    warmup = (f"{schedule['warmup_steps']} warm-up steps" if schedule.get("warmup_steps")
+              else f"{schedule.get('warmup_epochs', 0)} warm-up epochs")
+    if spec.spatial_dims == 3:  # the BraTS bundles' text, unchanged
+        return f"""Deterministic transforms (cached): load, {orient}, crop to the head, channel-wise z-score over
+non-zero voxels, labels to region channels. Patches {roi} voxels ({spec.batch_size} per batch,
+{spec.samples_per_volume} per volume, 2/3 centred on tumour), random flips, rotation, scaling, shear,
+elastic deformation, intensity, gamma, noise, smoothing ({aug}; batched on the GPU, MONAI
+per-sample on a CPU). Dice + cross-entropy on the region channels, AdamW (lr {_sci(opt['lr'])}, weight decay
+{_sci(opt['weight_decay'])}), cosine schedule with {warmup}, {spec.epochs} epochs, bf16 on GPUs, validation every {spec.val_interval}
+epochs by sliding windows ({roi}, Gaussian blending, overlap {spec.overlap}) with per-region Dice; early
+stopping after {spec.patience} validations without improvement. `models/model.pt` is the network state dict
+of the best validation Dice; checkpoints and logs go to `runs/`. Fold 0 of the datalist validates
+(`--fold`; `--fold -1` trains on every case); a dataset folder without `datalist.json` is split
+into 5 patient-level folds, recorded in `runs/datalist.json`."""
+    axis = "xyz"[spec.slice_axis]
+    options = dict(spec.datamodule_options)
+    recipe = f" It is the recipe of `{spec.recipe}` (`brats-train`), in bundle form." if spec.recipe else ""
+    length = (f"a fixed {spec.max_steps} optimiser steps (no epoch limit, never a wall-clock cut)"
+              if spec.max_steps else f"{spec.epochs} epochs")
+    saved = ("the network state dict at the last step" if spec.save_weights == "final"
+             else "the network state dict of the best validation Dice")
+    text = (
+        f"A 2D network on slices across axis {spec.slice_axis} ({axis}), each with {spec.context} neighbouring "
+        f"slice(s) on each side stacked as channels ({spec.in_channels} channels; edge slices repeated).{recipe} "
+        f"Deterministic transforms (cached): load, {orient}, crop to the head, channel-wise z-score over non-zero "
+        f"voxels, labels to region channels. Training samples: whole slices padded or cropped to {roi}, every "
+        f"tumour slice plus {options.get('empty_slice_ratio', 1.0)} times as many tumour-free ones per epoch, "
+        f"{spec.batch_size} per batch, augmented in batches on tensors ({aug}). Loss `{spec.loss}` on the region "
+        f"channels, {optimizer}, {schedule.get('shape', 'cosine')} "
+        f"schedule per optimiser step with {warmup}, {length}; bf16 where the device runs it natively (CUDA, CPUs "
+        f"with AMX / AVX512-BF16), fp32 elsewhere. Validation every {spec.val_interval} epochs on whole volumes, "
+        f"slice by slice ({spec.sw_batch_size} slices per pass), with per-region Dice. `models/model.pt` is "
+        f"{saved}; checkpoints and logs go to `runs/`. Fold 0 of the datalist validates (`--fold`; `--fold -1` "
+        "trains on every case and validates on fold 0, which it has then seen); a dataset folder without "
+        "`datalist.json` is split into 5 patient-level folds, recorded in `runs/datalist.json`."
+    )
+    return textwrap.fill(text, width=100, break_on_hyphens=False, break_long_words=False)
+
+
+def _shipped(spec: BundleSpec) -> str:
+    """``## Shipped weights``: how ``models/model.pt`` was made (bundles that ship weights)."""
+    if not spec.shipped:
+        return ""
+    steps = (f"{spec.max_steps} (fixed; {dict(spec.schedule).get('warmup_steps', 0)} warm-up steps, then "
+             f"{dict(spec.schedule).get('shape', 'cosine')} to 0)" if spec.max_steps else f"{spec.epochs} epochs")
+    rows = "\n".join(f"| {k} | {v} |" for k, v in (*spec.shipped[:1], ("optimiser steps", steps), *spec.shipped[1:]))
+    recipe = spec.recipe or "the bundle's train.json"
+    return f"""
+## Shipped weights
+`models/model.pt` holds the network state dict at the end of one run of the recipe (`{recipe}`),
+exported from its Lightning checkpoint. From the repository root:
+
+```bash
+.venv/bin/brats-datalist ../shared/data/lgg --task {spec.task} -o lgg_datalist.json --folds 5
+.venv/bin/brats-train fit --config {recipe} --data.datalist lgg_datalist.json --data.fold -1
+.venv/bin/brats-bundle export --checkpoint runs/lgg_cpu/csv/version_0/checkpoints/last.ckpt --bundle bundles/{spec.name}
+.venv/bin/brats-bundle verify bundles/{spec.name} --schema ../shared/data/monai_bundle_schema/meta_schema_20220324.json --require-weights
+```
+
+The checkpoint is the run's `last.ckpt` (the config's CSV logger writes it under
+`runs/lgg_cpu/csv/version_N/checkpoints/`). `--data.fold -1` trains on every patient of the
+datalist (validation then runs on fold 0, which is in the training set: its Dice is not an
+evaluation, and `export` does not record it). `brats-bundle export` loads the
+checkpoint's network weights strictly into this bundle's `network_def` and writes the plain
+state dict; the patients trained on are listed in `docs/training_cases.txt`, one id a line.
+Accuracy on unseen patients is the recipe's cross-validation (`benchmarks/bench_lgg.py`) in the
+table above. The bundle's own `train.json` runs the same recipe and writes `models/model.pt` at
+the end (from this folder: `python -m monai.bundle run --config_file configs/train.json
+--dataset_dir ../../../shared/data/lgg --fold -1`).
+
+| what | value |
+| --- | --- |
+{rows}
+"""
 
 
 def readme(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) -> str:
@@ -21,10 +111,9 @@ def readme(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) -> s
 
     task = spec.task_obj
     net = _network_def(spec)
-    params = count_parameters(build_network(spec.network, net["in_channels"], net["out_channels"], 3,
+    params = count_parameters(build_network(spec.network, net["in_channels"], net["out_channels"], spec.spatial_dims,
                                             **dict(spec.network_kwargs)))
     kwargs = ", ".join(f"{k}={v}" for k, v in spec.network_kwargs)
-    roi = "x".join(str(s) for s in spec.roi_size)
     channels = "\n".join(f"| {i} | {m.name} | {m.contrast} | {', '.join(m.suffixes)} |" for i, m in enumerate(task.modalities))
     labels = "\n".join(f"| {k} | {v} |" for k, v in sorted(task.labels.items()))
     regions = "\n".join(f"| {i} | {r.name} | {sorted(r.labels)} | {r.description} |" for i, r in enumerate(task.regions))
@@ -33,11 +122,16 @@ def readme(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) -> s
                               *(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
                                 for k, v in eval_metrics.items())])
     else:
-        metrics = ("Not measured yet: no weights are shipped. After training, `brats-bundle export` fills "
+        metrics = ("TBD-by-lead: the recipe's 5-fold patient-level cross-validation on the 50 patients "
+                   "(`benchmarks/bench_lgg.py`), to be written into `eval_metrics` of `configs/metadata.json`; "
+                   "`brats-bundle generate` then renders this table." if spec.shipped else
+                   "Not measured yet: no weights are shipped. After training, `brats-bundle export` fills "
                    "`eval_metrics` in `configs/metadata.json` and this table.")
-    orient = f"reoriented to {spec.orientation}" if spec.orientation else "kept in the files' orientation (no reorientation)"
-    aug = ", ".join(f"{k}={v}" for k, v in spec.augmentation) or "the defaults of `AugmentationConfig`"
     d = spec.dataset_dir
+    if spec.max_steps:  # a fixed step budget: shorten it, not the epochs
+        other_run, export_ckpt = f"--fold -1 --max_steps {spec.max_steps // 4} --val_interval 2", "last.ckpt"
+    else:
+        other_run, export_ckpt = "--fold 1 --epochs 100 --val_interval 2", "best-epoch099-dice0.8800.ckpt"
     n = spec.name
     stack_files = " ".join(f"CASE/CASE_{m.suffixes[0]}.nii.gz" for m in task.modalities)
     return f"""# {n}
@@ -77,21 +171,11 @@ Output: one channel per region; postprocessing turns regions back into the label
 {regions}
 
 ## Training recipe
-Deterministic transforms (cached): load, {orient}, crop to the head, channel-wise z-score over
-non-zero voxels, labels to region channels. Patches {roi} voxels ({spec.batch_size} per batch,
-{spec.samples_per_volume} per volume, 2/3 centred on tumour), random flips, rotation, scaling, shear,
-elastic deformation, intensity, gamma, noise, smoothing ({aug}; batched on the GPU, MONAI
-per-sample on a CPU). Dice + cross-entropy on the region channels, AdamW (lr 1e-3, weight decay
-1e-5), cosine schedule with 5 warm-up epochs, 300 epochs, bf16 on GPUs, validation every 5
-epochs by sliding windows ({roi}, Gaussian blending, overlap 0.5) with per-region Dice; early
-stopping after 20 validations without improvement. `models/model.pt` is the network state dict
-of the best validation Dice; checkpoints and logs go to `runs/`. Fold 0 of the datalist validates
-(`--fold`; `--fold -1` trains on every case); a dataset folder without `datalist.json` is split
-into 5 patient-level folds, recorded in `runs/datalist.json`.
+{_recipe(spec)}
 
 ## Measured metrics
 {metrics}
-
+{_shipped(spec)}
 ## Commands
 Run from this folder with the project's environment (`bash scripts/install.sh`, then
 `source ../../.venv/bin/activate`). `--dataset_dir` is a folder in the task's layout (or one
@@ -101,7 +185,7 @@ Train (writes `runs/` and `models/model.pt`):
 
 ```bash
 python -m monai.bundle run --config_file configs/train.json --dataset_dir {d}
-python -m monai.bundle run --config_file configs/train.json --dataset_dir {d} --fold 1 --epochs 100 --val_interval 2
+python -m monai.bundle run --config_file configs/train.json --dataset_dir {d} {other_run}
 python -m monai.bundle run --config_file configs/train.json --dataset_dir {d} --resume_from runs/logs/version_0/checkpoints/last.ckpt
 ```
 
@@ -131,7 +215,7 @@ python -m monai.bundle run --config_file "['configs/inference.json','configs/eva
 Weights, checks and TorchScript:
 
 ```bash
-brats-bundle export --checkpoint runs/logs/version_0/checkpoints/best-epoch099-dice0.8800.ckpt --bundle . --datalist {d}/datalist.json --fold 0
+brats-bundle export --checkpoint runs/logs/version_0/checkpoints/{export_ckpt} --bundle . --datalist {d}/datalist.json --fold 0
 brats-bundle verify . --schema ../../../shared/data/monai_bundle_schema/meta_schema_20220324.json
 python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath meta_schema_20220324.json
 python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json --config_file configs/inference.json --device cpu

@@ -1,7 +1,7 @@
-"""The bundles' files from one template: :class:`BundleSpec` holds what differs, the rest is here.
+"""The bundles' files from one template: a :class:`~brats_pipeline.bundle.specs.BundleSpec` holds what differs.
 
-:data:`BUNDLES` lists the four bundles of ``bundles/``; :func:`render_bundle` returns every
-file of one (configs, metadata, logging, docs, licence); ``bundles/`` is the committed output
+:data:`~brats_pipeline.bundle.specs.BUNDLES` lists the four bundles of ``bundles/``;
+:func:`render_bundle` returns every file of one (configs, metadata, logging, docs, licence); ``bundles/`` is the committed output
 of :func:`write_bundle` (``brats-bundle generate``) and a test checks that it is in sync
 (:func:`check_bundle`). Measured ``eval_metrics`` are data, not template: they are kept from
 the bundle's current ``metadata.json``.
@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brats_pipeline.constants import Task, get_task
+from brats_pipeline.bundle.specs import BUNDLES, BundleSpec, get_bundle_spec
 
 #: The metadata schema the MONAI model zoo names (a copy for offline checks: ../shared/data/monai_bundle_schema).
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json"
@@ -24,105 +23,35 @@ SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/do
 GENERATED_WITH = {"monai": "1.6.1", "pytorch": "2.13.0", "numpy": "2.4.6"}
 REQUIRED_PACKAGES = {"brats-pipeline": "0.1.0", "pytorch-lightning": "2.6.6", "nibabel": "5.4.2"}
 DEVICE_EXPR = "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"
-_BRATS_SOURCE = ("BraTS 2020/2021 training data (https://www.synapse.org/brats), or any data prepared with "
-                 "brats-preprocess: co-registered, skull-stripped, 1 mm isotropic; brats-synth writes synthetic cases")
 
-
-@dataclass(frozen=True)
-class BundleSpec:
-    """What differs between the bundles; :func:`render_bundle` writes the rest from one template.
-
-    Args:
-        name: folder name under ``bundles/`` (and MONAI Label model name).
-        title: one line for people.
-        task: task name (modalities, labels, regions).
-        network: registry name for :func:`brats_pipeline.networks.build_network`.
-        network_kwargs: architecture options (JSON-serialisable).
-        paper: the paper the network implements.
-        roi_size: training patch and sliding-window size (x, y, z) voxels.
-        sw_batch_size: windows per forward pass at inference.
-        batch_size: training patches per batch.
-        samples_per_volume: patches drawn per volume per epoch.
-        orientation: axis codes the data is turned to (``None``: keep the files' orientation).
-        augmentation: :class:`~brats_pipeline.data.transforms.AugmentationConfig` overrides.
-        dataset_dir: placeholder dataset folder written into the configs.
-        data_source: where the training data comes from.
-        scriptable: ``torch.jit.script`` works (else TorchScript export traces).
-        version: bundle version; changelog: version -> what changed.
-    """
-
-    name: str
-    title: str
-    task: str
-    network: str
-    network_kwargs: tuple[tuple[str, Any], ...]
-    paper: str
-    roi_size: tuple[int, int, int] = (128, 128, 128)
-    sw_batch_size: int = 4
-    batch_size: int = 2
-    samples_per_volume: int = 2
-    orientation: str | None = "RAS"
-    augmentation: tuple[tuple[str, Any], ...] = ()
-    dataset_dir: str = "/workspace/data/BraTS2021_TrainingData"
-    data_source: str = _BRATS_SOURCE
-    scriptable: bool = True
-    version: str = "0.1.0"
-    changelog: tuple[tuple[str, str], ...] = (
-        ("0.1.0", "first version: Lightning training through monai.bundle run, inference/evaluation, MONAI Label"),
-    )
-
-    @property
-    def task_obj(self) -> Task:
-        return get_task(self.task)
-
-
-_BRATS_BUNDLES = (
-    ("brats_unet3d_segmentation", "3D U-Net", "unet3d", (("features", [32, 32, 64, 128, 256, 32]),),
-     "Çiçek et al., 3D U-Net: Learning Dense Volumetric Segmentation from Sparse Annotation, MICCAI 2016", True),
-    ("brats_attention_unet_segmentation", "Attention U-Net", "attention_unet",
-     (("channels", [16, 32, 64, 128, 256]), ("strides", [2, 2, 2, 2])),
-     "Oktay et al., Attention U-Net: Learning Where to Look for the Pancreas, MIDL 2018", True),
-    ("brats_spatial_attention_unet_segmentation", "3D U-Net with spatial attention", "spatial_attention_unet",
-     (("features", [16, 32, 64, 128, 256]),),
-     "Çiçek et al., MICCAI 2016 (3D U-Net) with CBAM spatial attention, Woo et al., ECCV 2018", False),
-)
-
-#: Every bundle in ``bundles/``, by name.
-BUNDLES: dict[str, BundleSpec] = {
-    **{name: BundleSpec(name, f"BraTS glioma segmentation (TC/WT/ET) with a {label}", "brats2021", net, kw, paper,
-                        scriptable=scriptable)
-       for name, label, net, kw, paper, scriptable in _BRATS_BUNDLES},
-    "lgg_flair_segmentation": BundleSpec(
-        "lgg_flair_segmentation", "Lower-grade glioma FLAIR-abnormality segmentation with a 3D U-Net", "lgg", "unet3d",
-        (("features", [32, 32, 64, 128, 256, 32]),),
-        "Çiçek et al., 3D U-Net, MICCAI 2016; data: Buda et al., Computers in Biology and Medicine 2019",
-        roi_size=(128, 128, 32), sw_batch_size=8, batch_size=4, samples_per_volume=4, orientation=None,
-        augmentation=(("rotate_deg", 15.0), ("elastic_magnitude", 3.0)),
-        dataset_dir="/workspace/data/lgg",
-        data_source=("TCGA lower-grade glioma FLAIR-abnormality data of Buda et al. 2019 (110 patients; "
-                     "kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation), as NIfTI per patient: "
-                     "<ID>_t1, <ID>_flair, <ID>_t1c, <ID>_seg"),
-    ),
-}
-
-
-def get_bundle_spec(name: str) -> BundleSpec:
-    """The spec of bundle ``name`` (error lists the bundles)."""
-    if name not in BUNDLES:
-        raise ValueError(f"unknown bundle {name!r}; choose one of {', '.join(BUNDLES)}")
-    return BUNDLES[name]
-
-
+__all__ = [
+    "BUNDLES", "DEVICE_EXPR", "GENERATED_WITH", "REQUIRED_PACKAGES", "SCHEMA_URL", "BundleSpec", "check_bundle",
+    "evaluate_config", "get_bundle_spec", "inference_config", "license_text", "metadata", "multi_gpu_config",
+    "render_bundle", "train_config", "write_bundle",
+]
 def _network_def(spec: BundleSpec) -> dict[str, Any]:
-    task = spec.task_obj
+    """``network_def``: the one definition of the network, the same in ``train.json`` and ``inference.json``."""
     return {"_target_": "brats_pipeline.networks.build_network", "name": spec.network,
-            "in_channels": len(task.modalities), "out_channels": len(task.regions), "spatial_dims": 3,
-            **dict(spec.network_kwargs)}
+            "in_channels": spec.in_channels, "out_channels": len(spec.task_obj.regions),
+            "spatial_dims": spec.spatial_dims, **dict(spec.network_kwargs)}
 
 
 def _inferer(spec: BundleSpec) -> dict[str, Any]:
-    return {"_target_": "SlidingWindowInferer", "roi_size": "@roi_size", "sw_batch_size": spec.sw_batch_size,
-            "overlap": 0.5, "mode": "gaussian"}
+    if spec.spatial_dims == 3:
+        return {"_target_": "SlidingWindowInferer", "roi_size": "@roi_size", "sw_batch_size": spec.sw_batch_size,
+                "overlap": spec.overlap, "mode": spec.blend_mode}
+    # MONAI SliceInferer (2D) or ContextSliceInferer (2.5D) over whole volumes
+    return {"_target_": "brats_pipeline.inference.inferers.build_inferer", "spatial_dims": spec.spatial_dims,
+            "roi_size": "@roi_size", "sw_batch_size": spec.sw_batch_size, "overlap": spec.overlap, "mode": spec.blend_mode,
+            "slice_axis": "@slice_axis", "context": "@context"}
+
+
+def _geometry_ids(spec: BundleSpec) -> dict[str, Any]:
+    """Top-level ids of the network's input geometry: the window, and for 2D the slice axis and context."""
+    ids: dict[str, Any] = {"roi_size": list(spec.roi_size)}
+    if spec.spatial_dims == 2:
+        ids.update(slice_axis=spec.slice_axis, context=spec.context)
+    return ids
 
 
 def _case_split(part: str) -> dict[str, Any]:
@@ -130,8 +59,24 @@ def _case_split(part: str) -> dict[str, Any]:
             "task": "@task", "fold": "@fold", "part": part, "output_dir": "@output_dir", "data": None}
 
 
+def _trainer(spec: BundleSpec) -> dict[str, Any]:
+    steps = {} if spec.max_steps is None else {"max_steps": "@max_steps"}
+    return {
+        "_target_": "pytorch_lightning.Trainer", "max_epochs": "@epochs", **steps,
+        "accelerator": {"_target_": "brats_pipeline.bundle.accelerator_of", "device": "@device"},
+        "devices": {"_target_": "brats_pipeline.bundle.devices_of", "device": "@device"},
+        "precision": {"_target_": "brats_pipeline.bundle.precision_of", "device": "@device", "amp": "@amp"},
+        "check_val_every_n_epoch": "@val_interval", "log_every_n_steps": spec.log_every_n_steps,
+        **dict(spec.trainer_options), "callbacks": "@train#callbacks",
+        "logger": "@train#logger", "default_root_dir": "@output_dir", "benchmark": True,
+        "enable_progress_bar": True,
+    }
+
+
 def train_config(spec: BundleSpec) -> dict[str, Any]:
     """``configs/train.json``: Lightning training with MONAI's ids (``train#trainer``, ``train#dataset``, ...)."""
+    two_d = spec.spatial_dims == 2
+    save = {"weights": spec.save_weights} if spec.save_weights != "best" else {}
     return {
         "imports": ["$import torch"],
         "bundle_root": ".",
@@ -141,12 +86,13 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
         "datalist": "$@dataset_dir + '/datalist.json'",
         "task": spec.task,
         "fold": 0,
-        "epochs": 300,
-        "val_interval": 5,
+        "epochs": spec.epochs,
+        **({} if spec.max_steps is None else {"max_steps": spec.max_steps}),
+        "val_interval": spec.val_interval,
         "resume_from": None,
         "device": DEVICE_EXPR,
-        "amp": True,
-        "roi_size": list(spec.roi_size),
+        "amp": spec.amp,
+        **_geometry_ids(spec),
         "network_def": _network_def(spec),
         "train": {
             "dataset": _case_split("train"),
@@ -156,14 +102,20 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
                 "_target_": "brats_pipeline.bundle.split_datamodule", "train": "@train#dataset",
                 "validate": "@validate#dataset", "task": "@task", "datalist_path": "$@output_dir + '/datalist_split.json'",
                 "patch_size": "@roi_size", "batch_size": spec.batch_size, "samples_per_volume": spec.samples_per_volume,
-                "num_workers": 4, "cache": "memory", "orientation": spec.orientation,
+                "num_workers": spec.num_workers, "cache": "memory", "orientation": spec.orientation,
                 "augmentation": dict(spec.augmentation) or None, "augmentation_device": "auto",
+                **dict(spec.datamodule_options),
             },
             "module": {
                 "_target_": "brats_pipeline.module.BratsSegmentationModule", "network": "@network_def", "task": "@task",
-                "loss": "dice_ce", "optimizer": "adamw", "lr": 0.001, "weight_decay": 1e-05, "scheduler": "cosine",
-                "warmup_epochs": 5, "roi_size": "@roi_size", "sw_batch_size": "@train#inferer#sw_batch_size",
+                "loss": spec.loss,
+                # callables (MONAI's "_mode_": "callable" -> functools.partial), as LightningCLI's --model.optimizer
+                "optimizer": {"_target_": spec.optimizer, "_mode_": "callable", **dict(spec.optimizer_options)},
+                "lr_scheduler": {"_target_": spec.lr_scheduler, "_mode_": "callable", **dict(spec.schedule)},
+                "roi_size": "@roi_size", "sw_batch_size": "@train#inferer#sw_batch_size",
                 "overlap": "@train#inferer#overlap", "blend_mode": "@train#inferer#mode",
+                **({"slice_axis": "@slice_axis", "context": "@context"} if two_d else {}),
+                **dict(spec.module_options),
             },
             "callbacks": [
                 {"_target_": "pytorch_lightning.callbacks.ModelCheckpoint", "monitor": "val/dice_mean", "mode": "max",
@@ -171,27 +123,23 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
                 {"_target_": "pytorch_lightning.callbacks.ModelCheckpoint", "filename": "last", "monitor": None,
                  "save_top_k": 1, "enable_version_counter": False, "save_on_train_epoch_end": True},
                 {"_target_": "pytorch_lightning.callbacks.EarlyStopping", "monitor": "val/dice_mean", "mode": "max",
-                 "patience": 20},
+                 "patience": spec.patience},
                 {"_target_": "brats_pipeline.bundle.TrainingCurves"},
                 {"_target_": "brats_pipeline.bundle.SlurmRequeue"},
-                {"_target_": "brats_pipeline.bundle.SaveBestNetwork", "path": "$@ckpt_dir + '/model.pt'"},
+                {"_target_": "brats_pipeline.bundle.SaveBestNetwork", "path": "$@ckpt_dir + '/model.pt'", **save},
             ],
+            # a resumed run (--resume_from CKPT) logs into the version folder of the run it resumes
+            "log_version": {"_target_": "brats_pipeline.callbacks.resume_log_version", "ckpt_path": "@resume_from"},
             "logger": [
-                {"_target_": "pytorch_lightning.loggers.CSVLogger", "save_dir": "@output_dir", "name": "logs"},
-                {"_target_": "pytorch_lightning.loggers.TensorBoardLogger", "save_dir": "@output_dir", "name": "tb"},
+                {"_target_": "brats_pipeline.callbacks.ResumableCSVLogger", "save_dir": "@output_dir", "name": "logs",
+                 "version": "@train#log_version"},
+                {"_target_": "pytorch_lightning.loggers.TensorBoardLogger", "save_dir": "@output_dir", "name": "tb",
+                 "version": "@train#log_version"},
             ],
-            "trainer": {
-                "_target_": "pytorch_lightning.Trainer", "max_epochs": "@epochs",
-                "accelerator": {"_target_": "brats_pipeline.bundle.accelerator_of", "device": "@device"},
-                "devices": {"_target_": "brats_pipeline.bundle.devices_of", "device": "@device"},
-                "precision": {"_target_": "brats_pipeline.bundle.precision_of", "device": "@device", "amp": "@amp"},
-                "check_val_every_n_epoch": "@val_interval", "log_every_n_steps": 10, "callbacks": "@train#callbacks",
-                "logger": "@train#logger", "default_root_dir": "@output_dir", "benchmark": True,
-                "enable_progress_bar": True,
-            },
+            "trainer": _trainer(spec),
         },
         "validate": {"dataset": _case_split("validate"), "inferer": "@train#inferer"},
-        "initialize": [{"_target_": "pytorch_lightning.seed_everything", "seed": 0, "workers": True}],
+        "initialize": [{"_target_": "pytorch_lightning.seed_everything", "seed": spec.seed, "workers": True}],
         "run": ["$@train#trainer.fit(@train#module, datamodule=@train#datamodule, ckpt_path=@resume_from)"],
     }
 
@@ -213,7 +161,7 @@ def inference_config(spec: BundleSpec) -> dict[str, Any]:
         "device": DEVICE_EXPR,
         "amp": True,
         "overwrite": False,
-        "roi_size": list(spec.roi_size),
+        **_geometry_ids(spec),
         "network_def": _network_def(spec),
         "network": {"_target_": "brats_pipeline.bundle.load_network", "network": "@network_def",
                     "path": "$@bundle_root + '/models/model.pt'", "device": "@device"},
@@ -267,7 +215,27 @@ def metadata(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) ->
     task = spec.task_obj
     modality_names = {"t1c": "T1c (T1 post-contrast)", "t1": "T1 (native)", "t2": "T2", "flair": "FLAIR"}
     labels = {"0": "background", **{str(k): v for k, v in sorted(task.labels.items())}}
-    shape = ["32*n", "32*n", "32*n"]
+    inputs = _network_inputs(spec)
+    if spec.spatial_dims == 3:
+        shape = ["32*n", "32*n", "32*n"]
+        description = (f"{spec.title}. Input: {len(task.modalities)} co-registered MRI sequences "
+                       f"({', '.join(task.modality_names)}); ")
+        image_classes = ", ".join(f"channel {i}: {modality_names.get(m.contrast, m.name)}"
+                                  for i, m in enumerate(task.modalities))
+    else:
+        # sides: multiples of 2 ** (levels + 1) (x the downsampling): at least 2 x 2 at the bottleneck (instance norm)
+        kwargs = dict(spec.network_kwargs)
+        shape = [f"{2 ** (len(kwargs.get('strides', [2] * 4)) + 1) * int(kwargs.get('downsample', 1))}*n"] * 2
+        axis = "xyz"[spec.slice_axis]
+        description = (f"{spec.title}. Input: a volume of {len(task.modalities)} co-registered MRI sequences "
+                       f"({', '.join(task.modality_names)}); the 2D network ({spec.network}) segments it slice by "
+                       f"slice across axis {spec.slice_axis} ({axis}), each slice with {spec.context} neighbour(s) on "
+                       f"each side stacked as channels: {spec.in_channels} input channels = "
+                       f"{', '.join(task.modality_names)} at slices "
+                       f"{', '.join(_slice_name(axis, j) for j in range(-spec.context, spec.context + 1))} "
+                       f"(channel c * {2 * spec.context + 1} + j: modality c at slice {axis} - {spec.context} + j; "
+                       "edge slices repeated); ")
+        image_classes = ", ".join(f"channel {i}: {name}" for i, name in inputs.items())
     return {
         "schema": SCHEMA_URL,
         "version": spec.version,
@@ -279,15 +247,13 @@ def metadata(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) ->
         "required_packages_version": dict(REQUIRED_PACKAGES),
         "name": spec.title,
         "task": spec.title,
-        "description": (f"{spec.title}. Input: {len(task.modalities)} co-registered MRI sequences "
-                        f"({', '.join(task.modality_names)}); output: {len(task.regions)} region channel(s) "
+        "description": (f"{description}output: {len(task.regions)} region channel(s) "
                         f"({', '.join(task.region_names)}), turned into the {task.name} labels {list(task.label_values)}."),
         "authors": "brats-pipeline contributors",
         "copyright": "Copyright (c) brats-pipeline contributors",
         "data_source": spec.data_source,
         "data_type": "nibabel",
-        "image_classes": ", ".join(f"channel {i}: {modality_names.get(m.contrast, m.name)}"
-                                   for i, m in enumerate(task.modalities)),
+        "image_classes": image_classes,
         "label_classes": ", ".join(f"{k}: {v}" for k, v in labels.items()),
         "pred_classes": ", ".join(f"channel {i}: {r.name} = labels {sorted(r.labels)}" for i, r in enumerate(task.regions)),
         "eval_metrics": dict(eval_metrics or {}),
@@ -295,9 +261,9 @@ def metadata(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) ->
         "references": [spec.paper, task.description],
         "network_data_format": {
             "inputs": {"image": {
-                "type": "image", "format": "magnitude", "modality": "MR", "num_channels": len(task.modalities),
+                "type": "image", "format": "magnitude", "modality": "MR", "num_channels": spec.in_channels,
                 "spatial_shape": shape, "dtype": "float32", "value_range": [], "is_patch_data": True,
-                "channel_def": {str(i): m.name for i, m in enumerate(task.modalities)},
+                "channel_def": inputs,
             }},
             "outputs": {"pred": {
                 "type": "image", "format": "segmentation", "num_channels": len(task.regions), "spatial_shape": shape,
@@ -306,6 +272,20 @@ def metadata(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) ->
             }},
         },
     }
+
+
+def _slice_name(axis: str, offset: int) -> str:
+    return f"{axis}{offset:+d}" if offset else axis
+
+
+def _network_inputs(spec: BundleSpec) -> dict[str, str]:
+    """The network's input channels by index: modality names (3D), ``"<modality> <slice>"`` for 2.5D."""
+    names = spec.task_obj.modality_names
+    if spec.spatial_dims == 3 or not spec.context:
+        return {str(i): m for i, m in enumerate(names)}
+    axis, k = "xyz"[spec.slice_axis], spec.context
+    slices = [_slice_name(axis, j) for j in range(-k, k + 1)]
+    return {str(i): f"{m} {sl}" for i, (m, sl) in enumerate((m, sl) for m in names for sl in slices)}
 
 
 LOGGING_CONF = """[loggers]

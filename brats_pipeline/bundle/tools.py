@@ -21,7 +21,7 @@ import numpy as np
 
 from brats_pipeline.bundle.docs import readme
 from brats_pipeline.bundle.inference import load_network
-from brats_pipeline.bundle.templates import BUNDLES
+from brats_pipeline.bundle.specs import BUNDLES
 from brats_pipeline.bundle.training import accelerator_of, devices_of, network_state_dict, save_state_dict
 from brats_pipeline.constants import Task, get_task
 
@@ -62,9 +62,17 @@ def export_checkpoint(
 
     The weights are loaded **strictly** into the bundle's own ``network_def`` first, so a
     checkpoint of another architecture or task fails here, not later as silent random weights.
-    ``eval_metrics`` in ``configs/metadata.json`` get the checkpoint's best monitored score
-    and, with ``datalist``, the per-region Dice (and HD95) of a validation run on ``fold``;
-    ``docs/README.md`` is re-rendered for bundles of :data:`BUNDLES`.
+    ``eval_metrics`` in ``configs/metadata.json`` get the checkpoint's ``epoch``,
+    ``global_step`` and best monitored score (``best_<monitor>``; left out for a run that
+    trained on every fold, ``fold=-1``, whose validation cases were training cases) and, with
+    ``datalist``, the per-region Dice (and HD95) of a validation run on ``fold`` (``val_*``).
+    Other entries already there (e.g. cross-validation figures) are kept; those of an earlier
+    export are replaced. ``docs/README.md`` is re-rendered for bundles of :data:`BUNDLES`.
+
+    From the repository root, e.g. for the LGG bundle::
+
+        brats-bundle export --checkpoint runs/lgg_cpu/csv/version_0/checkpoints/last.ckpt \
+            --bundle bundles/lgg_flair_segmentation
 
     Returns:
         The ``eval_metrics`` written.
@@ -97,16 +105,23 @@ def export_checkpoint(
     save_state_dict(state, bundle_dir / "models" / MODEL_FILE)
 
     metrics: dict[str, Any] = {}
+    trained_on_every_fold = (ckpt.get("datamodule_hyper_parameters") or {}).get("fold") == -1
     for name, cb_state in (ckpt.get("callbacks") or {}).items():
         score = cb_state.get("best_model_score") if isinstance(cb_state, Mapping) else None
         if name.startswith("ModelCheckpoint") and score is not None and cb_state.get("monitor"):
-            metrics[f"best_{cb_state['monitor'].replace('/', '_')}"] = float(score)
+            if trained_on_every_fold:
+                logger.info("%s: trained on every fold; its validation score (on training cases) is not recorded", checkpoint)
+            else:
+                metrics[f"best_{cb_state['monitor'].replace('/', '_')}"] = float(score)
             break
     metrics["epoch"] = int(ckpt.get("epoch", -1))
+    metrics["global_step"] = int(ckpt.get("global_step", -1))
     if datalist is not None:
         metrics.update(_validate(checkpoint, network, parser, datalist, fold, device))
     meta_path = bundle_dir / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
+    kept = {k: v for k, v in (meta.get("eval_metrics") or {}).items() if not _export_metric(k)}
+    metrics = {**kept, **metrics}
     meta["eval_metrics"] = metrics
     write_json(meta, meta_path, indent=4)
     if bundle_dir.name in BUNDLES:
@@ -116,6 +131,11 @@ def export_checkpoint(
             tmp.write_text(readme(BUNDLES[bundle_dir.name], metrics))
     logger.info("exported %s -> %s; eval_metrics %s", checkpoint, bundle_dir / "models" / MODEL_FILE, metrics)
     return metrics
+
+
+def _export_metric(key: str) -> bool:
+    """An ``eval_metrics`` entry that :func:`export_checkpoint` writes (replaced by the next export)."""
+    return key in ("epoch", "global_step") or key.startswith(("best_", "val_"))
 
 
 def _validate(checkpoint: Path, network: Any, parser: Any, datalist: Any, fold: int, device: str) -> dict[str, float]:

@@ -44,8 +44,16 @@ def devices_of(device: Any) -> Any:
 
 
 def precision_of(device: Any, amp: bool = True) -> str:
-    """``bf16-mixed`` on a GPU when ``amp`` is on, else ``32-true`` (bf16 autocast on a CPU is slow)."""
-    return "bf16-mixed" if amp and as_device(device).type == "cuda" else "32-true"
+    """``bf16-mixed`` when ``amp`` is on and the device runs bf16 fast, else ``32-true``.
+
+    The project's precision rule (:func:`brats_pipeline.devices.lightning_precision_for`):
+    bf16 on CUDA, and on a CPU only where it has native bf16 (AMX / AVX512-BF16); elsewhere
+    bf16 autocast on a CPU is emulated and 25-35x slower than fp32.
+    """
+    from brats_pipeline.devices import cpu_has_native_bf16
+
+    kind = as_device(device).type
+    return "bf16-mixed" if amp and (kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16())) else "32-true"
 
 
 def ddp_devices() -> Any:
@@ -215,34 +223,43 @@ def _best_checkpoint_callback(trainer: Any) -> Any:
 
 
 class SaveBestNetwork(Callback):
-    """Lightning callback: at the end of ``fit`` write the best epoch's network weights to ``path``.
+    """Lightning callback: at the end of ``fit`` write the best epoch's (or the final) network weights to ``path``.
 
     "Best" is the ``best_model_path`` of the first ``ModelCheckpoint`` that monitors a metric;
-    without one (validation never ran) the final weights are written, with a warning. The file
-    holds the plain network ``state_dict`` (no ``network.`` prefix, no optimiser), checked to
-    have exactly the network's keys, written by rank 0 only and atomically.
+    without one (validation never ran) the final weights are written, with a warning.
+    ``weights="final"`` always writes the weights at the end of training (a fixed-length,
+    annealed run, whose last step is the model). The file holds the plain network
+    ``state_dict`` (no ``network.`` prefix, no optimiser), checked to have exactly the
+    network's keys, written by rank 0 only and atomically.
 
     Args:
         path: destination, normally ``<bundle_root>/models/model.pt``.
+        weights: ``best`` (best monitored checkpoint) or ``final``.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, weights: str = "best") -> None:
+        if weights not in ("best", "final"):
+            raise ValueError(f"unknown weights {weights!r}; choose 'best' or 'final'")
         self.path = Path(path)
+        self.weights = weights
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
         import torch
 
-        cb = _best_checkpoint_callback(trainer)
+        cb = _best_checkpoint_callback(trainer) if self.weights == "best" else None
         best = getattr(cb, "best_model_path", "") if cb is not None else ""
         if best:
             state = network_state_dict(torch.load(best, map_location="cpu", weights_only=False))
             source = f"best checkpoint {best} ({cb.monitor} = {float(cb.best_model_score):.4f})"
         else:
             state = {k: v.detach().cpu() for k, v in pl_module.network.state_dict().items()}
-            source = "final weights (no validation ran, so there is no best checkpoint)"
-            logger.warning("SaveBestNetwork: writing the %s", source)
+            if self.weights == "final":
+                source = f"final weights (step {trainer.global_step})"
+            else:
+                source = "final weights (no validation ran, so there is no best checkpoint)"
+                logger.warning("SaveBestNetwork: writing the %s", source)
         from brats_pipeline.networks import check_state_dict_keys
 
         check_state_dict_keys(pl_module.network, state, best or "the final weights")

@@ -69,10 +69,15 @@ def test_configs_have_monai_ids_and_the_network_fits_the_metadata(bundle: Path) 
     verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
                       config_file=str(bundle / "configs" / "inference.json"), device="cpu")
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    task = get_task(json.loads((bundle / "configs" / "inference.json").read_text())["task"])
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    task = get_task(inference["task"])
     image = meta["network_data_format"]["inputs"]["image"]
     pred = meta["network_data_format"]["outputs"]["pred"]
-    assert image["channel_def"] == {str(i): m for i, m in enumerate(task.modality_names)}
+    context = inference.get("context", 0)  # 2.5D: each modality at slices z-k .. z+k, modality-major
+    slices = {0: [""], 1: [" z-1", " z", " z+1"]}[context]
+    assert image["channel_def"] == {str(i): name for i, name in enumerate(m + s for m in task.modality_names for s in slices)}
+    assert image["num_channels"] == inference["network_def"]["in_channels"] == len(image["channel_def"])
+    assert len(image["spatial_shape"]) == inference["network_def"]["spatial_dims"]
     assert pred["num_channels"] == len(task.regions)
     assert [r["name"] for r in pred["regions"].values()] == list(task.region_names)
     assert {int(k) for k in pred["channel_def"]} == set(task.label_values)  # MONAI Label's label list
@@ -87,7 +92,8 @@ def test_property_check_names_missing_and_wrong_ids(tmp_path: Path) -> None:
 
 
 def test_verify_without_weights_skips_the_weight_checks(bundle_schema_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    bundle = REPO / "bundles" / "lgg_flair_segmentation"
+    bundle = REPO / "bundles" / "brats_attention_unet_segmentation"  # ships no weights
+    assert not (bundle / "models" / "model.pt").exists()
     schema = bundle_schema_dir / "meta_schema_20220324.json"
     assert bundle_main(["verify", str(bundle), "--schema", str(schema)]) == 0
     out = capsys.readouterr().out
@@ -105,7 +111,8 @@ def test_load_network_is_strict(lgg_network: torch.nn.Module, tmp_path: Path) ->
     state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in lgg_network.state_dict().items()}
     good = bb.save_state_dict(state, tmp_path / "good.pt")
     loaded = bb.load_network(lgg_network, good)
-    assert not loaded.training and torch.equal(loaded.state_dict()["final_conv.weight"], state["final_conv.weight"])
+    last = list(state)[-1]
+    assert not loaded.training and torch.equal(loaded.state_dict()[last], state[last])
     torch.save({f"network.{k}": v for k, v in state.items()}, tmp_path / "prefixed.pt")
     with pytest.raises(ValueError, match="prefixed.pt: weights do not fit the bundle's network_def"):
         bb.load_network(lgg_network, tmp_path / "prefixed.pt")
@@ -116,34 +123,58 @@ def test_load_network_is_strict(lgg_network: torch.nn.Module, tmp_path: Path) ->
         bb.load_network(lgg_network, tmp_path / "absent.pt")
 
 
-def _lightning_checkpoint(network: torch.nn.Module, path: Path, task: str) -> Path:
+def _lightning_checkpoint(network: torch.nn.Module, path: Path, task: str, fold: int = 0) -> Path:
     state = {f"network.{k}": v for k, v in network.state_dict().items()}
     callbacks = {"ModelCheckpoint{'monitor': 'val/dice_mean'}": {"monitor": "val/dice_mean", "best_model_score": torch.tensor(0.75)}}
-    torch.save({"state_dict": state, "epoch": 7, "hyper_parameters": {"task": task}, "callbacks": callbacks}, path)
+    torch.save({"state_dict": state, "epoch": 7, "global_step": 560, "hyper_parameters": {"task": task},
+                "datamodule_hyper_parameters": {"fold": fold}, "callbacks": callbacks}, path)
     return path
 
 
-def test_export_writes_plain_weights_and_metrics(lgg_network: torch.nn.Module, tmp_path: Path) -> None:
+def _bundle_copy(tmp_path: Path, eval_metrics: dict) -> Path:
+    """A copy of the LGG bundle without weights, with these ``eval_metrics``."""
     bundle = tmp_path / "lgg_flair_segmentation"
-    shutil.copytree(REPO / "bundles" / "lgg_flair_segmentation", bundle)
+    shutil.copytree(REPO / "bundles" / "lgg_flair_segmentation", bundle, ignore=shutil.ignore_patterns("model.pt"))
+    meta_path = bundle / "configs" / "metadata.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "eval_metrics": eval_metrics}))
+    return bundle
+
+
+def test_export_writes_plain_weights_and_metrics(lgg_network: torch.nn.Module, tmp_path: Path) -> None:
+    """Checkpoint figures replace an earlier export's; others (cross-validation) are kept."""
+    bundle = _bundle_copy(tmp_path, {"cv_mean_dice": 0.81, "val_mean_dice": 0.2, "best_val_dice_mean": 0.3})
     ckpt = _lightning_checkpoint(lgg_network, tmp_path / "best.ckpt", "lgg")
     assert bundle_main(["export", "--checkpoint", str(ckpt), "--bundle", str(bundle)]) == 0
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert state.keys() == lgg_network.state_dict().keys()
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    assert meta["eval_metrics"] == {"best_val_dice_mean": 0.75, "epoch": 7}
-    assert "| best_val_dice_mean | 0.7500 |" in (bundle / "docs" / "README.md").read_text()
+    assert meta["eval_metrics"] == {"cv_mean_dice": 0.81, "best_val_dice_mean": 0.75, "epoch": 7, "global_step": 560}
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert "| best_val_dice_mean | 0.7500 |" in readme and "| cv_mean_dice | 0.8100 |" in readme
+
+
+def test_export_of_a_run_on_every_fold_records_no_validation_score(lgg_network: torch.nn.Module, tmp_path: Path) -> None:
+    """``--data.fold -1`` validates on training cases: that score is no evaluation and is left out."""
+    bundle = _bundle_copy(tmp_path, {})
+    metrics = bb.export_checkpoint(_lightning_checkpoint(lgg_network, tmp_path / "all.ckpt", "lgg", fold=-1), bundle)
+    assert metrics == {"epoch": 7, "global_step": 560}
 
 
 def test_export_rejects_other_architectures_and_tasks(tmp_path: Path) -> None:
     from brats_pipeline.networks import build_network
 
-    bundle = tmp_path / "lgg_flair_segmentation"
-    shutil.copytree(REPO / "bundles" / "lgg_flair_segmentation", bundle)
+    bundle = _bundle_copy(tmp_path, {})
     small = build_network("unet3d", 3, 1, features=[4, 4, 8, 16, 32, 4])
     ckpt = _lightning_checkpoint(small, tmp_path / "small.ckpt", "lgg")
     with pytest.raises(ValueError, match="small.ckpt: weights do not fit the network_def"):
         bb.export_checkpoint(ckpt, bundle)
+    net_def = json.loads((bundle / "configs" / "inference.json").read_text())["network_def"]
+    options = {k: v for k, v in net_def.items() if k not in ("_target_", "name", "in_channels", "out_channels")}
+    plain_2d = build_network(net_def["name"], 3, 1, **options)  # the same network for 2D slices, not 2.5D slabs
+    plain_2d = _lightning_checkpoint(plain_2d, tmp_path / "2d.ckpt", "lgg")
+    with pytest.raises(ValueError, match="2d.ckpt: weights do not fit the network_def") as excinfo:
+        bb.export_checkpoint(plain_2d, bundle)
+    assert "size mismatch" in str(excinfo.value) and "torch.Size([16, 3, 3, 3])" in str(excinfo.value)
     other = _lightning_checkpoint(small, tmp_path / "brats.ckpt", "brats2021")
     with pytest.raises(ValueError, match="trained for task 'brats2021'"):
         bb.export_checkpoint(other, bundle)
@@ -168,9 +199,16 @@ def test_regions_to_labels_restores_the_task_labels() -> None:
 
 
 def test_device_mapping_for_lightning(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert (bb.accelerator_of("cpu"), bb.devices_of("cpu"), bb.precision_of("cpu")) == ("cpu", 1, "32-true")
+    import brats_pipeline.devices as devices
+
+    assert (bb.accelerator_of("cpu"), bb.devices_of("cpu")) == ("cpu", 1)
     assert (bb.accelerator_of(torch.device("cuda:1")), bb.devices_of("cuda:1")) == ("gpu", [1])
     assert (bb.precision_of("cuda"), bb.precision_of("cuda", amp=False)) == ("bf16-mixed", "32-true")
+    # the project's precision rule: bf16 on a CPU only where it has native bf16 (else 25-35x slower)
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert bb.precision_of("cpu") == "32-true"
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert (bb.precision_of("cpu"), bb.precision_of("cpu", amp=False)) == ("bf16-mixed", "32-true")
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert bb.ddp_devices() == "auto"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")

@@ -1,0 +1,122 @@
+"""The project's LGG recipe in the benchmark, through the project's own parts.
+
+``brats_pipeline/configs/lgg_cpu.yaml`` is built by ``brats-train``'s own CLI
+(:func:`brats_pipeline.cli.train.build_cli`, no subcommand): ``BratsDataModule`` (2.5D slices
+decoded once, ``BatchAugment`` on the batch), ``BratsSegmentationModule`` (the recipe's network,
+loss, AdamW and :class:`~brats_pipeline.schedules.ProgressLR`), a Lightning ``Trainer``; the
+held-out patients are then predicted by ``Predictor.from_checkpoint`` on the run's
+``last.ckpt``, as a user would.
+
+Budget: the same :class:`_lgg_common.Budget` (process CPU time) as the peers, started before
+anything else, so reading and caching the volumes count too. The recipe is a fixed number of
+steps with a cosine over them; the benchmark turns the budget into that number:
+:class:`BudgetSteps` times the first steps, sets ``max_steps`` to what the rest of the budget
+buys and re-binds the schedule to it (re-estimated every 25 steps), and stops the run once the
+budget is spent whatever the estimate said.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from _lgg_common import Budget, LggCase, MethodRun
+from pytorch_lightning import Callback
+
+RECIPE_CONFIG = Path(__file__).resolve().parents[1] / "brats_pipeline" / "configs" / "lgg_cpu.yaml"
+
+
+class BudgetSteps(Callback):
+    """Fit the run's step count (and its schedule) to a compute budget; stop when it is spent.
+
+    Args:
+        budget: the running :class:`Budget`.
+        calibrate: steps timed before the first estimate.
+        every: re-estimate every this many steps.
+    """
+
+    def __init__(self, budget: Budget, calibrate: int = 5, every: int = 25) -> None:
+        self.budget, self.calibrate, self.every = budget, calibrate, every
+        self._mark: tuple[int, float] | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        step = trainer.global_step
+        if self.budget.exhausted():
+            trainer.should_stop = True
+            return
+        if step == 1:
+            self._mark = (step, self.budget.used())  # the first step pays for set-up; time from here
+            return
+        if self._mark is None or step - self._mark[0] < self.calibrate or (step - self._mark[0]) % self.every:
+            return
+        per_step = (self.budget.used() - self._mark[1]) / (step - self._mark[0])
+        total = step + max(1, int((self.budget.seconds - self.budget.used()) / max(per_step, 1e-6)))
+        trainer.fit_loop.epoch_loop.max_steps = total
+        for config in trainer.lr_scheduler_configs:
+            if hasattr(config.scheduler, "bind"):
+                per_epoch = trainer.num_training_batches if math.isfinite(float(trainer.num_training_batches)) else None
+                config.scheduler.bind(total, per_epoch)
+
+
+def run_recipe(
+    train_cases: Sequence[LggCase],
+    test_cases: Sequence[LggCase],
+    budget: float,
+    device: torch.device,
+    precision: str,
+    seed: int = 0,
+) -> MethodRun:
+    """Train ``lgg_cpu.yaml`` on ``train_cases`` within ``budget``, predict ``test_cases`` (see module docstring).
+
+    Args:
+        train_cases: training patients (their ``files`` are read by the project's data module).
+        test_cases: held-out patients, predicted from their files.
+        budget: seconds of process CPU time (wall on CUDA).
+        device: where to train and predict.
+        precision: ``fp32`` or ``bf16``.
+        seed: the run's seed.
+    """
+    from brats_pipeline.cli.train import build_cli
+    from brats_pipeline.inference.predictor import Predictor
+
+    clock = Budget(budget, device)
+    with tempfile.TemporaryDirectory(prefix="lgg_recipe_") as tmp:
+        entries = [
+            {"case_id": c.case_id, "image": list(c.files["image"]), "label": c.files["label"], "fold": 0 if i == 0 else 1}
+            for i, c in enumerate(train_cases)
+        ]  # --data.fold -1 trains on every entry; validation (fold 0) is switched off below
+        datalist = Path(tmp) / "datalist.json"
+        datalist.write_text(json.dumps({"task": "lgg", "training": entries}), encoding="utf-8")
+        cli = build_cli(
+            [
+                "--config", str(RECIPE_CONFIG), "--seed_everything", str(seed),
+                "--data.datalist", str(datalist), "--data.fold", "-1",
+                "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu",
+                "--trainer.precision", "bf16-mixed" if precision == "bf16" else "32-true",
+                "--trainer.default_root_dir", tmp, "--trainer.logger", "false",
+                "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+                "--trainer.max_steps", "100000",
+            ],
+            run=False,
+        )
+        cli.trainer.callbacks.append(BudgetSteps(clock))
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        steps, train_cpu, train_wall = cli.trainer.global_step, clock.cpu_s(), clock.wall_s()
+        ckpt = Path(cli.trainer.checkpoint_callback.dirpath if cli.trainer.checkpoint_callback else tmp)
+        last = next(Path(tmp).rglob("last.ckpt"), None) or next(ckpt.rglob("*.ckpt"))
+        infer = Budget(1e9, device)
+        predictor = Predictor.from_checkpoint(last, device=device, amp=precision == "bf16")
+        predictions: dict[str, np.ndarray] = {}
+        for case in test_cases:
+            result = predictor.predict_case({"case_id": case.case_id, "image": list(case.files["image"])})
+            predictions[case.case_id] = result.label.astype(np.uint8)
+        predictor.close()
+    return MethodRun(
+        predictions=predictions, steps=int(steps), train_cpu_s=train_cpu, train_wall_s=train_wall,
+        infer_cpu_s=infer.cpu_s(), infer_wall_s=infer.wall_s(), extra={"config": RECIPE_CONFIG.name},
+    )
