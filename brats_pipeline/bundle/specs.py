@@ -216,10 +216,10 @@ BUNDLES: dict[str, BundleSpec] = {
         save_weights="final",
         shipped=(
             ("training data", "all 50 patients of ../shared/data/lgg (ids: docs/training_cases.txt), nothing else"),
-            ("epochs", "TBD-by-lead"),
-            ("wall-clock time", "TBD-by-lead"),
-            ("machine", "TBD-by-lead (CPU model, cores, precision)"),
-            ("final training loss", "TBD-by-lead"),
+            ("steps / epochs", "3000 optimiser steps (40 epochs of every tumour slice plus as many empty ones), batch 16"),
+            ("wall-clock time", "60 min on a busy machine (load 5-9 from other jobs; fixed steps, so the weights do not depend on it); about 0.25-0.4 s a step idle"),
+            ("machine", "AMD EPYC with AVX512-BF16 (lscpu Model name: AMD EPYC), 2 cores, 2 torch threads, bf16-mixed autocast"),
+            ("final training loss", "0.575 (DiceCE, mean of the last epoch)"),
         ),
         dataset_dir="/workspace/data/lgg",
         data_source=("TCGA lower-grade glioma FLAIR-abnormality data of Buda et al. 2019 (110 patients; "
