@@ -100,6 +100,25 @@ def machine_info(device: torch.device, precision: str, threads: int) -> dict[str
     return info
 
 
+def set_up_compute(device_name: str, precision: str, threads: int | None) -> tuple[torch.device, str, int, dict[str, Any]]:
+    """Resolve device and precision, set the threads, print one line naming the machine.
+
+    Returns:
+        ``(device, precision, threads, machine_info)``.
+
+    Raises:
+        ValueError: an unknown device or precision, or a bad thread count.
+    """
+    device = resolve_device(device_name)
+    precision = resolve_precision(device, precision)
+    threads = set_threads(threads)
+    info = machine_info(device, precision, threads)
+    print(f"CPU: {info['cpu_model']} ({info['cores_available']} cores, native bf16: {info['cpu_native_bf16']}); "
+          f"device {device}{' ' + info['gpu'] if 'gpu' in info else ''}; precision {precision}; torch threads {threads}",
+          flush=True)
+    return device, precision, threads, info
+
+
 def time_steps(step: Callable[[], Any], device: torch.device, warmup: int, steps: int) -> tuple[list[float], list[float]]:
     """Run ``step`` ``warmup`` + ``steps`` times; return the measured steps' (wall, CPU) seconds.
 

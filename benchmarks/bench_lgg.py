@@ -48,7 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import PRECISIONS, machine_info, resolve_device, resolve_precision, set_threads  # noqa: E402
+from _bench_common import PRECISIONS, set_up_compute  # noqa: E402
 from _lgg_common import MethodRun, load_lgg_cases, split, summarise, write_fold_outputs  # noqa: E402
 from _lgg_peers import run_peer2d, run_peer3d  # noqa: E402
 from _lgg_recipe import run_recipe  # noqa: E402
@@ -127,15 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench_lgg: {data}: LGG data folder not found", file=sys.stderr)
         return 2
     try:
-        device = resolve_device(args.device)
-        precision = resolve_precision(device, args.precision)
-        threads = set_threads(args.threads)
+        device, precision, threads, info = set_up_compute(args.device, args.precision, args.threads)
     except ValueError as exc:
         print(f"bench_lgg: {exc}", file=sys.stderr)
         return 2
-    info = machine_info(device, precision, threads)
-    print(f"CPU: {info['cpu_model']} ({info['cores_available']} cores, native bf16: {info['cpu_native_bf16']}); "
-          f"device {device}{' ' + info['gpu'] if 'gpu' in info else ''}; precision {precision}; torch threads {threads}", flush=True)
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     cases = load_lgg_cases(data, args.num_folds, args.seed, args.patients_limit)

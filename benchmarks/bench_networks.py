@@ -48,10 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import (  # noqa: E402
     PRECISIONS,
     autocast,
-    machine_info,
-    resolve_device,
-    resolve_precision,
-    set_threads,
+    set_up_compute,
     time_steps,
 )
 
@@ -271,15 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
-        device = resolve_device(args.device)
-        precision = resolve_precision(device, args.precision)
-        threads = set_threads(args.threads)
+        device, precision, threads, info = set_up_compute(args.device, args.precision, args.threads)
     except ValueError as exc:
         print(f"bench_networks: {exc}", file=sys.stderr)
         return 2
-    info = machine_info(device, precision, threads)
-    print(f"CPU: {info['cpu_model']} ({info['cores_available']} cores, native bf16: {info['cpu_native_bf16']}); "
-          f"device {device}{' ' + info['gpu'] if 'gpu' in info else ''}; precision {precision}; torch threads {threads}")
     batch = {2: args.batch2d, 3: args.batch3d}
     shape = {2: tuple(args.shape2d), 3: tuple(args.shape3d)}
     if args.candidates:
