@@ -9,9 +9,13 @@ therefore loads with :func:`load_encoder_weights` — strictly, every backbone t
 present — and nothing is ever downloaded.
 
 Each encoder returns five feature maps, at 1/2, 1/4, 1/8, 1/16 and 1/32 of the input size
-(``out_channels`` lists their channels). ImageNet weights expect 3 channels normalised with
-ImageNet statistics; for other channel counts the stem is adapted (see
-:func:`load_encoder_weights`).
+(``out_channels`` lists their channels). ImageNet weights expect 3 channels scaled to [0, 1]
+and normalised with :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`; for other channel counts the
+stem is adapted (see :func:`load_encoder_weights`). How a U-Net's input gets there (z-scored
+MRI, a learned 1x1 adapter) is chosen in :mod:`.encoder_unet`.
+
+``tests/brats_pipeline/test_encoders_torchvision.py`` (slow) checks all of this against real
+torchvision models: keys, tensors, the five feature maps, the adapted stem and the statistics.
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from os import PathLike
 
 import torch
 from torch import nn
+
+#: per-channel (RGB) mean and std of torchvision's ImageNet weights, for inputs scaled to [0, 1]
+#: (``torchvision.models.ResNet50_Weights.IMAGENET1K_V2.transforms()``; the same for every weight set)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 class TorchvisionEncoder(nn.Module):

@@ -241,6 +241,7 @@ def test_bunet_has_a_res_block_per_skip_and_wc_at_the_bottleneck():
     ],
 )
 def test_encoders_match_torchvision_layout(encoder_cls, params, n_keys, keys):
+    # a quick check without torchvision; test_encoders_torchvision.py (slow) compares with the real models
     enc = encoder_cls(3)
     assert count_parameters(enc) == params
     state = enc.state_dict()
@@ -335,6 +336,75 @@ def test_wrong_shapes_in_weight_file_are_reported(tmp_path):
     torch.save(state, path)
     with pytest.raises(ValueError, match="wide.pth.*shape mismatch in.*features.18.0.weight"):
         load_encoder_weights(MobileNetV2Encoder(3), path)
+
+
+# ------------------------------------------------------- encoder U-Nets: input adapter, normalisation
+SMALL_DECODER = {"spatial_dims": 2, "decoder_channels": (8, 8, 8, 8, 8)}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"input_adapter": "conv3x3"}, "unknown input_adapter 'conv3x3'; choose one of none, conv1x1"),
+        ({"input_normalization": "zscore"}, "unknown input_normalization 'zscore'; choose one of none, imagenet"),
+        ({"input_normalization": "imagenet"}, "input_normalization='imagenet' needs 3 .* got in_channels=4.*conv1x1"),
+    ],
+)
+@pytest.mark.parametrize("name", ["resnet_unet", "mobilenet_unet"])
+def test_bad_input_options_are_rejected(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_network(name, 4, 1, **SMALL_DECODER, **kwargs)
+
+
+@pytest.mark.parametrize(("name", "encoder_cls"), [("resnet_unet", ResNet50Encoder), ("mobilenet_unet", MobileNetV2Encoder)])
+@pytest.mark.parametrize("in_channels", [3, 4])
+def test_conv1x1_adapter_starts_as_the_adapted_stem(tmp_path, name, encoder_cls, in_channels):
+    """Same pretrained weights: at initialisation ``conv1x1`` computes what ``none`` does, then it can learn."""
+    from brats_pipeline.networks import input_channels_of
+
+    path = tmp_path / "encoder.pth"
+    torch.manual_seed(0)
+    torch.save(encoder_cls(3).state_dict(), path)
+    plain = build_network(name, in_channels, 1, encoder_weights=path, **SMALL_DECODER).eval()
+    adapted = build_network(name, in_channels, 1, encoder_weights=path, input_adapter="conv1x1", **SMALL_DECODER).eval()
+    adapted.decoder.load_state_dict(plain.decoder.state_dict())
+    adapted.head.load_state_dict(plain.head.state_dict())
+    plain_stem, adapted_stem = (next(m for m in n.encoder.modules() if isinstance(m, torch.nn.Conv2d)) for n in (plain, adapted))
+    assert (plain_stem.in_channels, adapted_stem.in_channels) == (in_channels, 3)  # the pretrained stem as it is
+    assert input_channels_of(adapted) == in_channels  # the adapter is the first convolution
+    # the only differences: the stems, and the adapter's 3 x in_channels weights and 3 biases
+    stem_difference = adapted_stem.weight.numel() - plain_stem.weight.numel()
+    assert count_parameters(adapted) - count_parameters(plain) == stem_difference + 3 * in_channels + 3
+    x = torch.randn(2, in_channels, 32, 32)
+    with torch.no_grad():
+        want = plain(x)  # equal up to float rounding (the channel sum is taken in another order)
+        torch.testing.assert_close(adapted(x), want, rtol=1e-4, atol=1e-4 * float(want.abs().max().clamp_min(1)))
+
+
+@pytest.mark.parametrize("name", ["resnet_unet", "mobilenet_unet"])
+def test_imagenet_normalization_uses_the_imagenet_statistics(name):
+    from brats_pipeline.networks.encoders import IMAGENET_MEAN, IMAGENET_STD
+
+    net = build_network(name, 3, 1, input_normalization="imagenet", **SMALL_DECODER).eval()
+    x = torch.rand(2, 3, 32, 32)  # a [0, 1] image
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(net.normalize(x), (x - mean) / std)
+    plain = build_network(name, 3, 1, **SMALL_DECODER).eval()
+    plain.load_state_dict(net.state_dict())  # the statistics are constants, not in the state dict
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain((x - mean) / std))
+    net4 = build_network(name, 4, 1, input_adapter="conv1x1", input_normalization="imagenet", **SMALL_DECODER)
+    assert net4(torch.rand(2, 4, 32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_input_options_script_and_match_eager():
+    torch.manual_seed(0)
+    net = build_network("mobilenet_unet", IN, OUT, input_adapter="conv1x1", input_normalization="imagenet",
+                        **TINY["mobilenet_unet"]).eval()
+    scripted = torch.jit.script(net)
+    x = torch.rand(2, IN, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), atol=1e-5, rtol=1e-4)
 
 
 def test_check_state_dict_keys_names_the_source_and_the_keys() -> None:
