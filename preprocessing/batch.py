@@ -7,8 +7,10 @@
   reproducibly, and a re-run of one array task redoes the same cases.
 * **Workers**: cases run in a process pool (``spawn``); each worker gives SimpleITK
   ``threads`` threads. One worker runs in the calling process.
-* **Resuming**: a case whose sidecar says it finished with the same inputs and settings,
-  and whose outputs all exist, is skipped (``status: skipped``) unless ``overwrite``.
+* **Resuming**: a case whose sidecar says it finished with the same inputs (paths and
+  content: :mod:`preprocessing.identity`) and settings, and whose outputs all exist, is
+  skipped (``status: skipped``) unless ``overwrite``. Temporary files that a killed run left
+  in ``OUT`` and ``OUT/<case>/`` are removed (:func:`preprocessing.outputs.remove_stale_temporaries`).
 * **Manifest**: ``OUT/manifest[.shard-I-of-N].{json,csv}`` with one row per case (``case_id``,
   ``status`` ``ok``/``failed``/``skipped`` (finished by an earlier run), ``duration_s``, ``error``), rewritten atomically
   after every case, so a killed run still shows how far it got.
@@ -36,7 +38,9 @@ from brats_pipeline.data.sharding import (
     parse_shard,  # noqa: F401  (re-exported: the CLIs and tests import it from here)
 )
 from brats_pipeline.data.sharding import select_shard as _select_shard
+from preprocessing.identity import check_case_ids
 from preprocessing.io import ImageFileError, write_json
+from preprocessing.outputs import prepare_output_folder
 from preprocessing.pipeline import (
     SIDECAR_SUFFIX,
     Case,
@@ -152,7 +156,7 @@ def write_manifest(
     for row in statuses:
         writer.writerow({**row.__dict__, "error": row.error.splitlines()[0] if row.error else ""})
     with atomic_path(csv_path) as tmp:
-        tmp.write_text(buffer.getvalue())
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
     return json_path, csv_path
 
 
@@ -188,13 +192,17 @@ def run_batch(
 
     Returns:
         :class:`BatchResult`; ``n_failed > 0`` means some case failed (the CLI exits 1).
+
+    Raises:
+        ValueError: two cases with one id, or an unsafe id.
+        OutputFolderError: ``out_dir`` cannot be written (a ``ValueError``).
     """
     from tqdm import tqdm
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_case_ids((c.case_id, f"case {i}") for i, c in enumerate(cases))  # outputs must not overwrite each other
+    out_dir = prepare_output_folder(out_dir, depth=1)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     bad_inputs = list(bad_inputs)
     if shard is None:

@@ -10,7 +10,8 @@ Single-case form (any file names; ``--task`` checks the modality names)::
 
 Exit status: 0 when every case finished (now or before), 1 when any case failed (see
 ``OUT/manifest.csv``), 2 for a usage error (bad option, unreadable datalist, modality names
-that do not match the task).
+that do not match the task, a case id that is not a safe file name or appears twice
+(:mod:`preprocessing.identity`), an output folder that cannot be written).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from preprocessing.batch import CaseStatus, parse_shard, run_batch
 from preprocessing.n4 import N4Config
+from preprocessing.outputs import prepare_output_folder
 from preprocessing.pipeline import Case, PreprocessConfig, case_from_entry
 from preprocessing.register import RegistrationConfig
 
@@ -222,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             names = get_task(config.task).modality_names
             if config.reference not in names:
                 raise UsageError(f"--reference {config.reference!r} is not a modality of task {config.task!r} {list(names)}")
-    except ValueError as exc:  # UsageError and bad settings alike
+        prepare_output_folder(args.output, depth=1)  # an existing file, under a file, not writable: OutputFolderError
+    except ValueError as exc:  # UsageError, bad settings, unsafe or repeated case ids, an unusable -o alike
         parser.print_usage(sys.stderr)
         print(f"brats-preprocess: error: {exc}", file=sys.stderr)
         return 2

@@ -22,15 +22,15 @@ writes atomically, and :func:`sitk_to_ras_affine` / :func:`ras_affine_to_sitk` /
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from preprocessing.outputs import atomic_path, write_json  # noqa: F401  (re-exported: most writers import them from here)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -161,36 +161,9 @@ def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
-
-    The temporary name keeps the file's suffix (``.nii.gz``) so writers pick the right format.
-    On error the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        if tmp_path.exists():  # mkstemp creates 0600 files; give the result the usual umask permissions
-            os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: Any = None) -> Path:
+def write_nifti(
+    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: Any = None, description: str | None = None
+) -> Path:
     """Write an x, y, z[, c] array with a RAS affine to ``path`` atomically.
 
     Args:
@@ -198,6 +171,11 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, 
         affine: 4x4 voxel-to-RAS (mm).
         path: destination ``.nii`` / ``.nii.gz``.
         dtype: on-disk data type (default: the array's).
+        description: the header's ``descrip`` (at most 80 ASCII characters; :func:`read_description`
+            reads it back), e.g. the resume key of the run that wrote the file.
+
+    Raises:
+        ValueError: a description that does not fit the header.
     """
     import nibabel as nib
 
@@ -207,28 +185,25 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, 
     img.header.set_xyzt_units("mm")
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
+    if description is not None:
+        if len(description) > 80 or not description.isascii():
+            raise ValueError(f"{path}: NIfTI description must be at most 80 ASCII characters, got {description!r}")
+        img.header["descrip"] = description.encode("ascii")
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
 
 
-def write_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically."""
-    import json
+def read_description(path: str | os.PathLike) -> str | None:
+    """The header ``descrip`` of a NIfTI file (``""`` if empty), or ``None`` if it cannot be read as NIfTI."""
+    import nibabel as nib
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, default=_json_default) + "\n")
-    return Path(path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    try:
+        raw = nib.load(str(path)).header["descrip"]
+    except Exception:  # missing, truncated or not NIfTI: no description to trust
+        return None
+    value = raw.item() if hasattr(raw, "item") else raw
+    return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)).rstrip("\x00")
 
 
 def sitk_to_array(image: Any) -> np.ndarray:

@@ -32,13 +32,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from preprocessing.identity import check_case_id, content_digest
 from preprocessing.io import ImageFileError, check_same_grid, read_image, read_label, write_image, write_json
 from preprocessing.n4 import N4Config
 from preprocessing.normalize import MASK_METHODS
@@ -46,7 +46,6 @@ from preprocessing.register import RegistrationConfig
 from preprocessing.resample import IMAGE_INTERPOLATORS, LABEL_INTERPOLATORS, ORIENTATIONS
 
 SIDECAR_SUFFIX = "_preprocess.json"
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 @dataclass(frozen=True)
@@ -136,7 +135,7 @@ class Case:
     """One case's input files.
 
     Args:
-        case_id: a file-name-safe identifier (letters, digits, ``._+-``).
+        case_id: a file-name-safe identifier (:func:`preprocessing.identity.check_case_id`).
         images: modality name -> file (or DICOM folder), in channel order.
         label: optional label map on the reference modality's grid.
         channels: modality name -> channel of a 4D file (MSD images); absent for 3D files.
@@ -157,8 +156,7 @@ class Case:
         Raises:
             ValueError: naming the case and the problem (missing or unknown modality ...).
         """
-        if not isinstance(self.case_id, str) or not _SAFE_ID.fullmatch(self.case_id):
-            raise ValueError(f"case id {self.case_id!r} is not a safe file name (letters, digits, '._+-')")
+        check_case_id(self.case_id)
         if not self.images:
             raise ValueError(f"case {self.case_id}: no images")
         names = list(self.images)
@@ -190,7 +188,10 @@ class Case:
         return [m for m in get_task(task).modality_names if m in self.images]
 
     def inputs_record(self) -> dict[str, Any]:
-        return {"images": {k: str(v) for k, v in self.images.items()}, "channels": dict(self.channels), "label": self.label}
+        """The inputs a finished case was made from: paths and content digests (the resume key, with the settings)."""
+        files = {**self.images, **({"label": self.label} if self.label else {})}
+        return {"images": {k: str(v) for k, v in self.images.items()}, "channels": dict(self.channels), "label": self.label,
+                "sha256": {k: content_digest(v) for k, v in files.items()}}
 
 
 @dataclass
@@ -245,14 +246,15 @@ def finished_record(
     """The sidecar of a finished case, or ``None`` if the case must be (re)done.
 
     A case is finished when its sidecar parses, says ``"status": "ok"``, was made from the same
-    inputs (and, if ``config`` is given, the same settings), and every output it lists exists.
+    inputs (paths and content: :meth:`Case.inputs_record`; a replaced file redoes the case) and,
+    if ``config`` is given, the same settings, and every output it lists exists.
     """
     path = sidecar_path(out_dir, case.case_id)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if record.get("status") != "ok" or record.get("inputs") != json.loads(json.dumps(case.inputs_record())):
+        if record.get("status") != "ok" or record.get("inputs") != json.loads(json.dumps(case.inputs_record())):
+            return None
+    except (OSError, ValueError):  # no sidecar, or an input that cannot be read any more
         return None
     if config is not None and record.get("config_fingerprint") != config.fingerprint():
         return None
@@ -334,6 +336,7 @@ def preprocess_case(
 
     t0 = time.perf_counter()
     images, label = _read_case(case, config)
+    inputs = case.inputs_record()  # the content just read (the resume key)
     step(
         "read",
         t0,
@@ -410,7 +413,7 @@ def preprocess_case(
         "case_id": case.case_id,
         "status": "ok",
         "fold": case.fold,
-        "inputs": case.inputs_record(),
+        "inputs": inputs,
         "config": config.to_dict(),
         "config_fingerprint": config.fingerprint(),
         "output_grid": {

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from brats_pipeline.constants import Task, get_task
+from preprocessing.identity import check_case_id, check_case_ids
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def inference_cases(
 
     Raises:
         FileNotFoundError: the datalist or the folder does not exist.
-        ValueError: no cases, or a datalist of another task.
+        ValueError: no cases, a datalist of another task, or a case id that is not a safe file name or appears twice.
     """
     from brats_pipeline.data.datalist import load_datalist
     from brats_pipeline.data.discovery import discover_cases
@@ -196,6 +197,7 @@ def inference_cases(
                      for c in discover_cases(root, task)]
         where = str(root)
     cases = [dict(c) for c in cases if c.get("label") or not labelled]
+    check_case_ids(((case_id_of(c), f"the case of {image_files(c)[0]}") for c in cases), where)
     if not cases:
         raise ValueError(f"{where}: no {'labelled ' if labelled else ''}cases found"
                          + (f" in fold {fold}" if fold is not None else ""))
@@ -232,8 +234,7 @@ class LabelWriter:
         self.postfix = postfix
 
     def path_for(self, case: Mapping[str, Any]) -> Path:
-        suffix = f"_{self.postfix}" if self.postfix else ""
-        return self.output_dir / f"{case_id_of(case)}{suffix}.nii.gz"
+        return self.output_dir / f"{check_case_id(case_id_of(case))}{f'_{self.postfix}' if self.postfix else ''}.nii.gz"
 
     def __call__(self, case: Mapping[str, Any], label: np.ndarray) -> Path:
         from preprocessing.io import read_geometry, write_nifti
@@ -288,7 +289,7 @@ class CaseScorer:
             for region, values in metrics.items():
                 writer.writerow([case_id, region, *(f"{values[m]:.6g}" for m in METRIC_NAMES)])
         with atomic_path(self.output_dir / "metrics.csv") as tmp:
-            tmp.write_text(buf.getvalue())
+            tmp.write_text(buf.getvalue(), encoding="utf-8")
         summary = {"task": self.task.name, "cases": len(self.results), "regions": aggregate(m for _, m in self.results)}
         write_json(summary, self.output_dir / "metrics_summary.json")
         for region, stats in summary["regions"].items():
@@ -374,9 +375,9 @@ class BundleRunner:
         outcomes: list[CaseOutcome] = []
         cases = list(self.dataset.data)
         for i, case in enumerate(cases):
-            case_id, out = case_id_of(case), self.writer.path_for(case)
+            case_id = case_id_of(case)
             try:
-                if out.exists() and not self.overwrite:
+                if (out := self.writer.path_for(case)).exists() and not self.overwrite:  # an unsafe id fails here
                     label, status = read_array(out, dtype=np.uint8)[0], "skipped"
                 else:
                     label, status = self.predict(self.dataset[i]), "ok"

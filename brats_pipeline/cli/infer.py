@@ -8,8 +8,12 @@ Examples::
 
 Writes ``OUT/<case_id>.nii.gz`` (uint8, the task's labels), optionally
 ``OUT/probabilities/<case_id>.nii.gz``, and ``OUT/manifest.json`` (per shard:
-``manifest.shard-I-of-N.json``, as brats-preprocess). Exit status 0 when every case succeeded (or was already
-done), 1 when any case failed (the others are still written), 2 for bad arguments.
+``manifest.shard-I-of-N.json``, as brats-preprocess). A re-run skips the cases whose outputs
+were made from the same input contents by the same model with the same settings
+(:mod:`brats_pipeline.inference.batch`). Exit status 0 when every case succeeded (or was
+already done), 1 when any case failed (the others are still written), 2 for bad arguments:
+among them a case id that is not a safe file name or appears twice
+(:mod:`preprocessing.identity`) and an output folder that cannot be written.
 """
 
 from __future__ import annotations
@@ -78,9 +82,15 @@ def load_cases(source: str | Path, task: Any, split: str = "all", fold: int | No
         task: the task (for folder discovery).
         split: ``all``, ``training`` or ``testing`` datalist entries.
         fold: keep only training entries of this fold.
+
+    Raises:
+        ValueError: a case id (given, or made from an entry's file names) that is not a safe file
+            name or appears twice, naming ``source`` and the entries.
     """
     from brats_pipeline.data.datalist import load_datalist
     from brats_pipeline.data.discovery import discover_cases
+    from brats_pipeline.inference.loading import case_id_of, image_files
+    from preprocessing.identity import check_case_ids
 
     source = Path(source)
     if source.is_dir():
@@ -89,9 +99,17 @@ def load_cases(source: str | Path, task: Any, split: str = "all", fold: int | No
                 for r in records]
     datalist = load_datalist(source)
     if fold is not None:
-        return [e for e in datalist.get("training", []) if e.get("fold") == fold]
-    keys = ("training", "testing") if split == "all" else (split,)
-    return [e for k in keys for e in datalist.get(k, [])]
+        cases = [e for e in datalist.get("training", []) if e.get("fold") == fold]
+    else:
+        cases = [e for k in (("training", "testing") if split == "all" else (split,)) for e in datalist.get(k, [])]
+    named = []
+    for case in cases:  # ids made from file names too (load_datalist checked the given ones)
+        try:
+            named.append((case_id_of(case), f"the entry of {image_files(case)[0]}"))
+        except (ValueError, TypeError, IndexError):  # an unusable entry: reported as a failed case
+            continue
+    check_case_ids(named, source)
+    return cases
 
 
 def _postprocess_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,11 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from brats_pipeline.data.sharding import manifest_stem
     from brats_pipeline.inference.batch import parse_shard, select_shard
+    from preprocessing.outputs import prepare_output_folder
 
     try:
         shard = parse_shard(args.shard) if args.shard else None
         predictor = build_predictor(args)
         cases = load_cases(args.input, predictor.task, args.split, args.fold)
+        prepare_output_folder(args.out, depth=1)  # an existing file, under a file, not writable: a usage error
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"brats-infer: error: {exc}", file=sys.stderr)
         return 2

@@ -182,8 +182,12 @@ def load_datalist(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not JSON, or missing ``task``/``training`` keys, or an entry without ``image``.
+        ValueError: not JSON, or missing ``task``/``training`` keys, an entry without ``image``,
+            or a ``case_id`` that is not a safe file name or appears twice (naming the file and
+            the entries: :func:`preprocessing.identity.check_case_ids`).
     """
+    from preprocessing.identity import check_case_ids
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: datalist not found")
@@ -201,6 +205,8 @@ def load_datalist(path: str | os.PathLike) -> dict[str, Any]:
             if "image" not in entry:
                 raise ValueError(f"{path}: {key}[{i}] has no 'image'")
         datalist[key] = [_map_paths(e, lambda p: str((base / p).resolve())) for e in entries]
+    check_case_ids(((e["case_id"], f"{key}[{i}]") for key in ("training", "testing")
+                    for i, e in enumerate(datalist.get(key, [])) if e.get("case_id") not in (None, "")), path)
     return datalist
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from brats_pipeline.constants import Task, get_task
+from preprocessing.identity import check_case_id, check_case_ids
 from preprocessing.io import (
     NIFTI_SUFFIXES,
     Geometry,
@@ -65,12 +66,14 @@ class CaseRecord:
 def discover_cases(root: str | os.PathLike, task: str | Task) -> list[CaseRecord]:
     """List every case under ``root`` in the task's layout (no file contents are read).
 
-    Cases whose files cannot be found (a missing modality, an ambiguous match) are returned
-    with ``problem`` set rather than dropped, so callers can report them.
+    Cases whose files cannot be found (a missing modality, an ambiguous match) or whose id is
+    not a safe file name (:mod:`preprocessing.identity`: a folder name with a space ...) are
+    returned with ``problem`` set rather than dropped, so callers can report them.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
-        ValueError: ``root`` holds no case of this layout.
+        ValueError: ``root`` holds no case of this layout, or an MSD ``dataset.json`` lists
+            two images with one case id.
     """
     task = get_task(task)
     root = Path(root)
@@ -81,6 +84,15 @@ def discover_cases(root: str | os.PathLike, task: str | Task) -> list[CaseRecord
         hint = "dataset.json + imagesTr/" if task.layout == "msd" else f"one folder per case with <case>{task.separator}<suffix>.nii.gz files"
         raise ValueError(f"{root}: no {task.name} cases found (expected {hint})")
     return cases
+
+
+def _id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name output files, or ``None`` (:func:`preprocessing.identity.check_case_id`)."""
+    try:
+        check_case_id(case_id)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _nifti_files(folder: Path) -> list[Path]:
@@ -109,8 +121,11 @@ def _discover_case_folders(root: Path, task: Task) -> list[CaseRecord]:
         if not files:
             continue
         case_id = folder.name
+        if (problem := _id_problem(case_id)) is not None:
+            cases.append(CaseRecord(case_id, [], None, problem, str(folder)))
+            continue
         images: list[str] = []
-        problem = problem_file = None
+        problem_file = None
         for modality in task.modalities:
             found, why = _find_file(files, case_id, task.separator, modality.suffixes)
             if found is None:
@@ -154,7 +169,10 @@ def _discover_msd(root: Path, task: Task) -> list[CaseRecord]:
             problem, problem_file = "missing image file listed in dataset.json", str(image)
         elif label and not Path(label).is_file():
             problem, problem_file = "missing label file listed in dataset.json", label
+        if (unsafe := _id_problem(case_id)) is not None:
+            problem, problem_file = unsafe, str(image)
         cases.append(CaseRecord(case_id, str(image), label, problem, problem_file))
+    check_case_ids(((c.case_id, c.image) for c in cases if c.ok), dataset_json)
     return cases
 
 

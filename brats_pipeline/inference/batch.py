@@ -9,18 +9,29 @@ Three stages run at once:
 Outputs per case: ``OUT/<case_id>.nii.gz`` (the task's labels, uint8, input geometry) and, with
 ``save_probabilities``, ``OUT/probabilities/<case_id>.nii.gz`` (x, y, z, R float32), the
 probabilities written first so that a label file on disk means the case is complete. Every
-file is written atomically (temporary name + rename): a killed job leaves no half file and
-a rerun skips the cases whose outputs exist. Inputs are only read.
+file is written atomically (temporary name + rename): a killed job leaves no half file, and the
+temporary files of a killed run are removed by the next run into ``OUT``
+(:func:`preprocessing.outputs.prepare_output_folder`). Inputs are only read. Case ids must be
+safe file names (:func:`preprocessing.identity.check_case_id`), so nothing is written outside ``OUT``.
+
+**Resuming**: every output carries its *resume key* in its NIfTI header (``descrip``:
+``brats-infer <sha256>``), the hash of the input files' contents, the model files' contents
+(:func:`model_digests`) and the settings that change predictions (:func:`prediction_settings`).
+A case is skipped when all its outputs exist and carry the key this run would write; a
+replaced input, another model or other settings redo it. Paths, the device and bf16 autocast
+are not part of the key (the same model on a moved dataset, or on another machine, resumes).
 
 The manifest (``OUT/manifest.json``; one per shard) is rewritten atomically as cases finish::
 
-    {"settings": {...}, "counts": {"ok": 9, "failed": 1, "skipped": 0},
+    {"settings": {..., "model_sha256": [...]}, "counts": {"ok": 9, "failed": 1, "skipped": 0},
      "cases": [{"case_id": ..., "status": "ok" | "failed" | "skipped", "output": ..., "error": ...,
-                "inputs": [...], "seconds": {"read": ..., "compute": ..., "write": ...}}, ...]}
+                "inputs": [...], "key": ..., "seconds": {"read": ..., "compute": ..., "write": ...}}, ...]}
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 import time
@@ -38,21 +49,75 @@ from brats_pipeline.data.sharding import (
     parse_shard,  # noqa: F401  (re-exported: the CLIs and tests import it from here)
 )
 from brats_pipeline.data.sharding import select_shard as _select_shard
+from preprocessing.identity import check_case_id, content_digest
+from preprocessing.outputs import prepare_output_folder
 
 if TYPE_CHECKING:
     from brats_pipeline.inference.predictor import Predictor
 
 STATUSES = ("ok", "failed", "skipped")
+KEY_PREFIX = "brats-infer "
+#: ``describe()`` entries that do not change what is predicted (or are keyed by content instead).
+_NOT_KEYED = ("models", "device", "amp_bf16")
 
 
 def label_path(out_dir: str | os.PathLike, case_id: str) -> Path:
-    """Where the label map of ``case_id`` goes."""
-    return Path(out_dir) / f"{case_id}.nii.gz"
+    """Where the label map of ``case_id`` goes (``ValueError`` for an id that is not a safe file name)."""
+    return Path(out_dir) / f"{check_case_id(case_id)}.nii.gz"
 
 
 def probability_path(out_dir: str | os.PathLike, case_id: str) -> Path:
     """Where the probability map of ``case_id`` goes."""
-    return Path(out_dir) / "probabilities" / f"{case_id}.nii.gz"
+    return Path(out_dir) / "probabilities" / f"{check_case_id(case_id)}.nii.gz"
+
+
+def model_digests(predictor: Predictor) -> list[str]:
+    """SHA-256 of each model the predictor was loaded from (``predictor.sources``).
+
+    A checkpoint or state-dict file: its content; a bundle folder: its ``models/model.pt`` and
+    ``configs/inference.json`` (the weights and the network they fill). A predictor built from
+    networks in memory (no sources): their classes and weights.
+    """
+    digests = []
+    for source in map(Path, predictor.sources):
+        if source.is_dir():
+            files = [f for f in (source / "models" / "model.pt", source / "configs" / "inference.json") if f.is_file()]
+            digests.append(hashlib.sha256("".join(content_digest(f) for f in files).encode()).hexdigest())
+        else:
+            digests.append(content_digest(source))
+    if not predictor.sources:
+        for network in predictor.networks:
+            digest = hashlib.sha256(type(network).__qualname__.encode())
+            for name, value in network.state_dict().items():
+                digest.update(name.encode())
+                digest.update(value.detach().float().cpu().numpy().tobytes())
+            digests.append(digest.hexdigest())
+    return digests
+
+
+def prediction_settings(predictor: Predictor) -> dict[str, Any]:
+    """The settings in the resume key: ``predictor.describe()`` without where and how it runs."""
+    return {k: v for k, v in predictor.describe().items() if k not in _NOT_KEYED}
+
+
+def resume_key(inputs: Sequence[str], model: Sequence[str], settings: Mapping[str, Any]) -> str:
+    """``brats-infer <sha256>`` of the inputs' contents, the model digests and the settings (fits a NIfTI ``descrip``)."""
+    blob = json.dumps({"inputs": [content_digest(f) for f in inputs], "model": list(model), "settings": settings},
+                      sort_keys=True, default=str)
+    return KEY_PREFIX + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _current(outputs: Sequence[Path], inputs: Sequence[str], model: Sequence[str], settings: Mapping[str, Any]) -> str | None:
+    """The key, if every output exists and carries it (the case is done); else ``None``."""
+    from preprocessing.io import read_description
+
+    if not all(p.is_file() for p in outputs):
+        return None
+    try:
+        key = resume_key(inputs, model, settings)
+    except OSError:  # an input that went missing: redo, and let the reader name it
+        return None
+    return key if all(read_description(p) == key for p in outputs) else None
 
 
 def shard_key(case: Mapping[Hashable, Any]) -> str:
@@ -66,8 +131,6 @@ def shard_key(case: Mapping[Hashable, Any]) -> str:
     try:
         return case_id_of(case)
     except (ValueError, KeyError, TypeError, IndexError):
-        import json
-
         return json.dumps(case, sort_keys=True, default=str)
 
 
@@ -129,7 +192,8 @@ def run_batch(
             ``problem`` (from dataset discovery) is recorded as failed without reading it.
         out_dir: output folder (created).
         save_probabilities: also write the probability maps.
-        overwrite: redo cases whose outputs exist (default: skip them, i.e. resume).
+        overwrite: redo cases whose outputs exist (default: skip those made from these inputs by
+            this model with these settings, i.e. resume; see the module docstring).
         manifest_name: manifest file name inside ``out_dir``.
         loader_threads: cases read/preprocessed concurrently ahead of the compute.
         writer_threads: cases post-processed/written concurrently behind it.
@@ -138,16 +202,20 @@ def run_batch(
 
     Returns:
         The manifest rows, in the order of ``cases``.
+
+    Raises:
+        ValueError: two cases with one id.
+        OutputFolderError: ``out_dir`` cannot be written (a ``ValueError``).
     """
     from tqdm import tqdm
 
     from brats_pipeline.inference.loading import case_id_of, image_files
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _Manifest(out_dir / manifest_name, predictor.describe())
+    out_dir = prepare_output_folder(out_dir, depth=1)  # also removes a killed run's temporary files (probabilities/)
+    model, settings = model_digests(predictor), prediction_settings(predictor)
+    manifest = _Manifest(out_dir / manifest_name, {**predictor.describe(), "model_sha256": model})
     order: list[str] = []
-    todo: list[tuple[str, Mapping[Hashable, Any]]] = []
+    named: list[tuple[str, Mapping[Hashable, Any], list[str], list[Path]]] = []
     seen: set[str] = set()
     for i, case in enumerate(cases):
         if case.get("problem"):  # found by discovery with a missing/ambiguous file: report, don't read
@@ -157,7 +225,7 @@ def run_batch(
             order.append(cid)
             continue
         try:
-            cid = case_id_of(case)
+            cid = check_case_id(case_id_of(case), f"case {i}")
             inputs = image_files(case)
         except ValueError as exc:
             cid = str(case.get("case_id", f"#{i}"))
@@ -169,8 +237,14 @@ def run_batch(
         seen.add(cid)
         order.append(cid)
         outputs = [label_path(out_dir, cid)] + ([probability_path(out_dir, cid)] if save_probabilities else [])
-        if not overwrite and all(p.is_file() for p in outputs):
-            manifest.set({"case_id": cid, "status": "skipped", "reason": "outputs exist", "output": str(outputs[0]), "inputs": inputs})
+        named.append((cid, case, inputs, outputs))
+    todo: list[tuple[str, Mapping[Hashable, Any]]] = []
+    with ThreadPoolExecutor(max(1, loader_threads), thread_name_prefix="hash") as hashers:  # inputs hashed concurrently
+        keys = [None] * len(named) if overwrite else list(hashers.map(lambda n: _current(n[3], n[2], model, settings), named))
+    for (cid, case, inputs, outputs), key in zip(named, keys):
+        if key is not None:
+            manifest.set({"case_id": cid, "status": "skipped", "reason": "outputs exist, made from these inputs by this model",
+                          "output": str(outputs[0]), "inputs": inputs, "key": key})
         else:
             todo.append((cid, case))
 
@@ -180,9 +254,10 @@ def run_batch(
     writers = ThreadPoolExecutor(max(1, writer_threads), thread_name_prefix="write")
     ahead = max(1, prefetch if prefetch is not None else loader_threads + 1)
 
-    def load(case: Mapping[Hashable, Any]) -> tuple[Any, float]:
+    def load(case: Mapping[Hashable, Any]) -> tuple[Any, str, float]:
         t0 = time.perf_counter()
-        return predictor.preprocess(case), time.perf_counter() - t0
+        data = predictor.preprocess(case)  # reads (and checks) the files, then their content is keyed
+        return data, resume_key(image_files(case), model, settings), time.perf_counter() - t0
 
     def finish(row: dict[str, Any]) -> None:
         manifest.set(row, flush=row["status"] == "failed")
@@ -190,7 +265,7 @@ def run_batch(
         if row["status"] == "failed":
             bar.write(f"FAILED {row['case_id']}: {row['error']}")
 
-    def write(cid: str, inputs: list[str], probs: Any, affine: np.ndarray, seconds: dict[str, float]) -> None:
+    def write(cid: str, inputs: list[str], key: str, probs: Any, affine: np.ndarray, seconds: dict[str, float]) -> None:
         from preprocessing.io import write_nifti
 
         t0 = time.perf_counter()
@@ -198,10 +273,10 @@ def run_batch(
             label = predictor.labels_from_probabilities(probs)
             if save_probabilities:
                 p = probs.cpu().numpy() if hasattr(probs, "cpu") else np.asarray(probs)
-                write_nifti(np.moveaxis(p, 0, -1), affine, probability_path(out_dir, cid), dtype=np.float32)
-            write_nifti(label, affine, label_path(out_dir, cid), dtype=np.uint8)
+                write_nifti(np.moveaxis(p, 0, -1), affine, probability_path(out_dir, cid), dtype=np.float32, description=key)
+            write_nifti(label, affine, label_path(out_dir, cid), dtype=np.uint8, description=key)
             seconds["write"] = time.perf_counter() - t0
-            row = {"case_id": cid, "status": "ok", "output": str(label_path(out_dir, cid)), "inputs": inputs,
+            row = {"case_id": cid, "status": "ok", "output": str(label_path(out_dir, cid)), "inputs": inputs, "key": key,
                    "shape": list(label.shape), "seconds": {k: round(v, 4) for k, v in seconds.items()}}
             if save_probabilities:
                 row["probabilities"] = str(probability_path(out_dir, cid))
@@ -222,7 +297,7 @@ def run_batch(
             inputs = image_files(case)
             stage = "read"
             try:
-                data, read_s = future.result()
+                data, key, read_s = future.result()
                 stage = "compute"
                 t0 = time.perf_counter()
                 probs, affine = predictor.compute(data)
@@ -236,7 +311,7 @@ def run_batch(
 
                     torch.cuda.empty_cache()
                 continue
-            pending_writes.append(writers.submit(write, cid, inputs, probs, affine, seconds))
+            pending_writes.append(writers.submit(write, cid, inputs, key, probs, affine, seconds))
             while len(pending_writes) > 2 * max(1, writer_threads):
                 pending_writes.popleft().result()
         for f in pending_writes:
