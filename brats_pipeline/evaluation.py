@@ -255,7 +255,7 @@ def write_evaluation(result: EvaluationResult, out_dir: str | os.PathLike) -> di
     summary = result.summary()
     paths = {"csv": out / "metrics.csv", "json": out / "summary.json", "markdown": out / "summary.md"}
     with atomic_path(paths["csv"]) as tmp:
-        tmp.write_text(metrics_csv(result.per_case))
+        tmp.write_text(metrics_csv(result.per_case), encoding="utf-8")
     write_json(
         {
             "task": result.task.name,
@@ -273,5 +273,5 @@ def write_evaluation(result: EvaluationResult, out_dir: str | os.PathLike) -> di
     if result.failed:
         md += "\nFailed cases:\n" + "".join(f"- {cid}: {why}\n" for cid, why in result.failed.items())
     with atomic_path(paths["markdown"]) as tmp:
-        tmp.write_text(md)
+        tmp.write_text(md, encoding="utf-8")
     return paths

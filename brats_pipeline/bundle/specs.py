@@ -146,7 +146,7 @@ def spec_from_recipe(recipe: str | os.PathLike, name: str, title: str, task: str
     from brats_pipeline.networks import get_network_spec
 
     path = Path(recipe)
-    cfg = yaml.safe_load(path.read_text())
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     model, data, trainer = dict(cfg.get("model") or {}), dict(cfg.get("data") or {}), dict(cfg.get("trainer") or {})
     stop = dict(cfg.get("early_stopping") or {})
     unknown = set(cfg) - {"seed_everything", "trainer", "model", "data", "early_stopping"}

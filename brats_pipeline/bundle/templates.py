@@ -360,7 +360,7 @@ def _current_eval_metrics(bundle_dir: Path) -> dict[str, Any]:
     if not meta.is_file():
         return {}
     try:
-        return dict(json.loads(meta.read_text()).get("eval_metrics") or {})
+        return dict(json.loads(meta.read_text(encoding="utf-8")).get("eval_metrics") or {})
     except json.JSONDecodeError as exc:
         raise ValueError(f"{meta}: not valid JSON ({exc})") from exc
 
@@ -372,10 +372,10 @@ def write_bundle(spec: BundleSpec, root: str | os.PathLike) -> Path:
     bundle_dir = Path(root) / spec.name
     for rel, text in render_bundle(spec, _current_eval_metrics(bundle_dir)).items():
         path = bundle_dir / rel
-        if path.is_file() and path.read_text() == text:
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
             continue
         with atomic_path(path) as tmp:
-            tmp.write_text(text)
+            tmp.write_text(text, encoding="utf-8")
     return bundle_dir
 
 
@@ -385,7 +385,7 @@ def check_bundle(spec: BundleSpec, root: str | os.PathLike) -> list[str]:
     stale = []
     for rel, text in render_bundle(spec, _current_eval_metrics(bundle_dir)).items():
         path = bundle_dir / rel
-        if not path.is_file() or path.read_text() != text:
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
             stale.append(str(path))
     return stale
 

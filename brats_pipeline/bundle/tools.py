@@ -119,7 +119,7 @@ def export_checkpoint(
     if datalist is not None:
         metrics.update(_validate(checkpoint, network, parser, datalist, fold, device))
     meta_path = bundle_dir / "configs" / "metadata.json"
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     kept = {k: v for k, v in (meta.get("eval_metrics") or {}).items() if not _export_metric(k)}
     metrics = {**kept, **metrics}
     meta["eval_metrics"] = metrics
@@ -128,7 +128,7 @@ def export_checkpoint(
         from preprocessing.io import atomic_path
 
         with atomic_path(bundle_dir / "docs" / "README.md") as tmp:
-            tmp.write_text(readme(BUNDLES[bundle_dir.name], metrics))
+            tmp.write_text(readme(BUNDLES[bundle_dir.name], metrics), encoding="utf-8")
     logger.info("exported %s -> %s; eval_metrics %s", checkpoint, bundle_dir / "models" / MODEL_FILE, metrics)
     return metrics
 
@@ -204,7 +204,7 @@ def verify_bundle(
         if missing:
             raise FileNotFoundError(f"{bundle_dir}: missing {', '.join(missing)}")
         for c in CONFIG_FILES[:-1]:
-            json.loads((bundle_dir / "configs" / c).read_text())
+            json.loads((bundle_dir / "configs" / c).read_text(encoding="utf-8"))
         return "all files present, configs are valid JSON"
 
     if not run("layout", layout):

@@ -327,7 +327,7 @@ class Predictor:
         if task is None and meta_file.is_file():
             from brats_pipeline.constants import TASK_ALIASES, TASKS
 
-            meta_task = json.loads(meta_file.read_text()).get("task")
+            meta_task = json.loads(meta_file.read_text(encoding="utf-8")).get("task")
             task = meta_task if meta_task in TASKS or meta_task in TASK_ALIASES else None
         if task is None:
             raise ValueError(f"{config_file}: no task name ('task': 'brats2021' ...) in inference.json or metadata.json; pass task=...")

@@ -73,7 +73,21 @@ def test_other_formats_round_trip(tmp_path: Path, suffix: str) -> None:
 
 
 def _write_dicom_series(folder: Path, volume: np.ndarray, spacing: tuple[float, float, float]) -> None:
-    """One int16 DICOM file per axial slice (volume is x, y, z), with positions and a shared series UID."""
+    """One int16 DICOM file per axial slice (volume is x, y, z), with positions and a shared series UID.
+
+    ITK's GDCM writer sets the process locale to ``C`` (Python's default text encoding becomes
+    ASCII for every later test in this process), so the locale is restored afterwards.
+    """
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(folder, volume, spacing)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(folder: Path, volume: np.ndarray, spacing: tuple[float, float, float]) -> None:
     folder.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -241,3 +255,4 @@ def test_nibabel_readers_still_agree(tmp_path: Path, write_volume) -> None:
     array, geometry = read_array(path)
     np.testing.assert_array_equal(array, sitk_to_array(read_image(path)))
     np.testing.assert_allclose(geometry.affine, sitk_to_ras_affine(read_image(path)), atol=1e-5)
+
