@@ -53,12 +53,11 @@ from brats_pipeline.bundle.training import (
     ddp_devices,
     devices_of,
     load_cases,
-    network_state_dict,
     precision_of,
-    save_state_dict,
     split_datamodule,
 )
 from brats_pipeline.callbacks import SlurmRequeue, TrainingCurves
+from brats_pipeline.weights import network_state_dict, save_state_dict
 
 __all__ = [
     "BUNDLES", "CONFIG_FILES", "MODEL_FILE", "SCHEMA_URL", "BundleRunner", "BundleSpec", "CaseOutcome",

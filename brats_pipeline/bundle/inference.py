@@ -125,20 +125,13 @@ def load_network(network: Any, path: str | os.PathLike, device: Any = "cpu") -> 
         FileNotFoundError: no weights file (train the bundle, or ``brats-bundle export``).
         ValueError: the file is a Lightning checkpoint, or its keys/shapes do not match the network.
     """
-    import torch
+    from brats_pipeline.weights import load_state_dict_strict
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no weights; train the bundle (monai.bundle run) or run "
                                 f"'brats-bundle export --checkpoint CKPT --bundle DIR'")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping) or "state_dict" in state:
-        raise ValueError(f"{path}: not a plain network state_dict (a Lightning checkpoint?); "
-                         "convert it with 'brats-bundle export --checkpoint CKPT --bundle DIR'")
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the bundle's network_def: {exc}") from exc
+    load_state_dict_strict(network, path, plain=True)
     return network.to(as_device(device)).eval()
 
 

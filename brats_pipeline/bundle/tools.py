@@ -22,8 +22,9 @@ import numpy as np
 from brats_pipeline.bundle.docs import readme
 from brats_pipeline.bundle.inference import load_network
 from brats_pipeline.bundle.specs import BUNDLES
-from brats_pipeline.bundle.training import accelerator_of, devices_of, network_state_dict, save_state_dict
+from brats_pipeline.bundle.training import accelerator_of, devices_of
 from brats_pipeline.constants import Task, get_task
+from brats_pipeline.weights import network_state_dict, read_checkpoint, save_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +82,11 @@ def export_checkpoint(
         FileNotFoundError: no checkpoint or no bundle.
         ValueError: not a Lightning checkpoint, other task, or weights that do not fit.
     """
-    import torch
 
     from preprocessing.io import write_json
 
     checkpoint, bundle_dir = Path(checkpoint), _bundle_dir(bundle)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)  # a trusted Lightning checkpoint
-    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
-        raise ValueError(f"{checkpoint}: not a Lightning checkpoint (no 'state_dict')")
+    ckpt = read_checkpoint(checkpoint)
     parser = bundle_parser(bundle_dir)
     task = get_task(parser["task"])
     ckpt_task = (ckpt.get("hyper_parameters") or {}).get("task")

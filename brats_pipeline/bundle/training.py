@@ -25,6 +25,7 @@ from pytorch_lightning import Callback
 
 from brats_pipeline.bundle.inference import as_device, case_id_of
 from brats_pipeline.constants import Task, get_task
+from brats_pipeline.weights import network_state_dict, read_checkpoint, save_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -190,31 +191,6 @@ def split_datamodule(
     return BratsDataModule(str(datalist_path), fold=1, **datamodule_kwargs)
 
 
-def network_state_dict(checkpoint: Mapping[str, Any], prefix: str = "network.") -> dict[str, Any]:
-    """The plain network ``state_dict`` inside a Lightning checkpoint (``state_dict`` keys ``network.*``).
-
-    Raises:
-        ValueError: no key starts with ``prefix``.
-    """
-    state = checkpoint.get("state_dict", checkpoint)
-    net = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not net:
-        heads = sorted({k.split(".")[0] for k in state})[:8]
-        raise ValueError(f"no '{prefix}*' weights in the checkpoint (its keys start with {heads})")
-    return net
-
-
-def save_state_dict(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """``torch.save`` a state dict atomically (temporary name, then rename)."""
-    import torch
-
-    from preprocessing.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
-    return Path(path)
-
-
 def _best_checkpoint_callback(trainer: Any) -> Any:
     for cb in trainer.checkpoint_callbacks:
         if getattr(cb, "monitor", None):
@@ -246,12 +222,11 @@ class SaveBestNetwork(Callback):
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
-        import torch
 
         cb = _best_checkpoint_callback(trainer) if self.weights == "best" else None
         best = getattr(cb, "best_model_path", "") if cb is not None else ""
         if best:
-            state = network_state_dict(torch.load(best, map_location="cpu", weights_only=False))
+            state = network_state_dict(read_checkpoint(best))
             source = f"best checkpoint {best} ({cb.monitor} = {float(cb.best_model_score):.4f})"
         else:
             state = {k: v.detach().cpu() for k, v in pl_module.network.state_dict().items()}

@@ -7,6 +7,7 @@ scipy) are imported when first used.
 from __future__ import annotations
 
 from brats_pipeline.inference.postprocess import PostprocessConfig, postprocess
-from brats_pipeline.inference.predictor import CasePrediction, Predictor, load_state_dict_strict
+from brats_pipeline.inference.predictor import CasePrediction, Predictor
+from brats_pipeline.weights import load_state_dict_strict
 
 __all__ = ["CasePrediction", "PostprocessConfig", "Predictor", "load_state_dict_strict", "postprocess"]

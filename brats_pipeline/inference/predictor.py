@@ -202,37 +202,13 @@ class Predictor:
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not paths:
             raise ValueError("from_checkpoint needs at least one checkpoint")
+        from brats_pipeline.weights import checkpoint_settings, network_from_checkpoint, read_checkpoint
+
         networks, settings = [], []
-        for path in paths:
-            path = Path(path)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: checkpoint not found")
-            try:
-                ckpt = torch.load(str(path), map_location="cpu", weights_only=False)  # a trusted Lightning checkpoint
-            except Exception as exc:  # torch raises many types for a bad file
-                raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
-            if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
-                raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
-            hp, dm = dict(ckpt.get("hyper_parameters") or {}), dict(ckpt.get("datamodule_hyper_parameters") or {})
-            try:
-                task = get_task(hp.get("task", "brats2021"))
-            except ValueError as exc:
-                raise ValueError(f"{path}: {exc}") from exc
+        for path in map(Path, paths):
+            ckpt = read_checkpoint(path)
             networks.append(network_from_checkpoint(ckpt, str(path)))
-            settings.append(
-                {
-                    "task": task.name,
-                    "roi_size": tuple(hp.get("roi_size", (128, 128, 128))),
-                    "sw_batch_size": int(hp.get("sw_batch_size", 4)),
-                    "overlap": float(hp.get("overlap", 0.5)),
-                    "blend_mode": hp.get("blend_mode", "gaussian"),
-                    "slice_axis": int(hp.get("slice_axis", 2)),
-                    "context": None if hp.get("context") is None else int(hp["context"]),
-                    "spacing": None if dm.get("spacing") is None else tuple(dm["spacing"]),
-                    "orientation": dm.get("orientation", "RAS"),
-                    "crop_foreground": bool(dm.get("crop_foreground", True)),
-                }
-            )
+            settings.append(checkpoint_settings(ckpt, str(path)))
         first = settings[0]
         for path, s in zip(paths[1:], settings[1:]):
             for key in ("task", "spacing", "orientation", "crop_foreground"):
@@ -270,6 +246,8 @@ class Predictor:
         """
         import copy
 
+        from brats_pipeline.weights import load_state_dict_strict
+
         task = get_task(task)
         files = [weights_path] if isinstance(weights_path, (str, os.PathLike)) else list(weights_path)
         if not files:
@@ -305,44 +283,10 @@ class Predictor:
             FileNotFoundError: a required bundle file is missing.
             ValueError: no task, or a config that does not build a network.
         """
-        import json
-
-        from monai.bundle import ConfigParser
+        from brats_pipeline.weights import read_bundle
 
         root = Path(bundle_dir)
-        config_file, weights = root / "configs" / "inference.json", root / "models" / "model.pt"
-        for path in (config_file, weights):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: not found (a bundle needs configs/inference.json and models/model.pt)")
-        parser = ConfigParser()
-        parser.read_config(str(config_file))
-        parser["bundle_root"] = str(root)
-        if "network_def" not in parser.config:
-            raise ValueError(f"{config_file}: no 'network_def'")
-        network = parser.get_parsed_content("network_def")
-        if not isinstance(network, nn.Module):
-            raise ValueError(f"{config_file}: 'network_def' built {type(network).__name__}, not an nn.Module")
-        task = overrides.pop("task", None) or _bundle_value(parser, "task")
-        meta_file = root / "configs" / "metadata.json"
-        if task is None and meta_file.is_file():
-            from brats_pipeline.constants import TASK_ALIASES, TASKS
-
-            meta_task = json.loads(meta_file.read_text(encoding="utf-8")).get("task")
-            task = meta_task if meta_task in TASKS or meta_task in TASK_ALIASES else None
-        if task is None:
-            raise ValueError(f"{config_file}: no task name ('task': 'brats2021' ...) in inference.json or metadata.json; pass task=...")
-        settings: dict[str, Any] = {}
-        for src, dst in (("inferer#roi_size", "roi_size"), ("inferer#sw_batch_size", "sw_batch_size"),
-                         ("inferer#overlap", "overlap"), ("inferer#mode", "blend_mode"),
-                         ("inferer#slice_axis", "slice_axis"), ("inferer#spatial_dim", "slice_axis"),
-                         ("inferer#context", "context"),
-                         ("preprocessing#spacing", "spacing"), ("preprocessing#orientation", "orientation"),
-                         ("preprocessing#crop_foreground", "crop_foreground")):
-            if not _bundle_has(parser, src):
-                continue
-            value = _bundle_value(parser, src)
-            if value is not None or dst in ("spacing", "orientation"):  # null is meaningful for these two
-                settings[dst] = tuple(value) if isinstance(value, (list, tuple)) else value
+        network, weights, task, settings = read_bundle(root, overrides.pop("task", None))
         predictor = cls.from_state_dict(network, weights, task, device=device, **{**settings, **overrides})
         predictor.sources = [str(root)]
         return predictor
@@ -585,115 +529,6 @@ class Predictor:
         self.close()
 
 
-def _bundle_has(parser: Any, id_: str) -> bool:
-    node: Any = parser.config
-    for part in id_.split("#"):
-        if not isinstance(node, Mapping) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def _bundle_value(parser: Any, id_: str) -> Any:
-    """A plain value of a bundle config (``@`` references resolved), or ``None`` if absent or not plain."""
-    if not _bundle_has(parser, id_):
-        return None
-    try:
-        value = parser.get_parsed_content(id_)
-    except Exception:  # an expression that needs the runtime (e.g. a device) — not a setting we read
-        return None
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    return value if isinstance(value, (str, int, float, bool, list, tuple)) else None
-
-
-def network_from_checkpoint(checkpoint: Mapping[str, Any], source: str) -> nn.Module:
-    """The network a :class:`~brats_pipeline.module.BratsSegmentationModule` checkpoint holds, with its weights.
-
-    The architecture is ``checkpoint["network"]`` (:func:`brats_pipeline.networks.network_config`
-    of the trained network: registry name, channels, dimensionality, options; written whatever
-    built the network), or for checkpoints without it the hyper-parameters ``network``,
-    ``network_kwargs``, ``task``, ``in_channels`` and ``context``. The ``network.*`` weights of
-    ``state_dict`` are loaded strictly.
-
-    Args:
-        checkpoint: a loaded Lightning checkpoint.
-        source: where it came from (named first in errors).
-
-    Raises:
-        ValueError: the checkpoint names a network by class only (a module not built by
-            :func:`~brats_pipeline.networks.build_network`, whose options are unknown), an
-            unknown registry name, or weights that do not fit.
-    """
-    from brats_pipeline.networks import build_network, check_state_dict_keys
-
-    hp = dict(checkpoint.get("hyper_parameters") or {})
-    config = checkpoint.get("network")
-    if config is None:  # written before checkpoints recorded their network
-        name = hp.get("network", "unet3d")
-        if not isinstance(name, str):
-            raise ValueError(f"{source}: the checkpoint does not say which network it holds; "
-                             "rebuild it and use Predictor(network, ...) or Predictor.from_state_dict")
-        task = get_task(hp.get("task", "brats2021"))
-        in_channels = int(hp.get("in_channels") or len(task.modalities)) * (2 * int(hp.get("context") or 0) + 1)
-        config = {"name": name, "in_channels": in_channels, "out_channels": len(task.regions), "spatial_dims": None,
-                  "kwargs": dict(hp.get("network_kwargs") or {})}
-    elif not config.get("name"):
-        raise ValueError(
-            f"{source}: the network is a {config.get('class_path', '?')} that was given to the module as a built "
-            "module, not by brats_pipeline.networks.build_network, so its options are not recorded; build it and "
-            f"use Predictor(network, ...) or Predictor.from_state_dict(network, '{source}', task)"
-        )
-    kwargs = dict(config.get("kwargs") or {})
-    spatial_dims = kwargs.pop("spatial_dims", None)  # hyper-parameters carry it with the options
-    if config.get("spatial_dims") is not None:
-        spatial_dims = int(config["spatial_dims"])
-    try:
-        network = build_network(config["name"], int(config["in_channels"]), int(config["out_channels"]),
-                                spatial_dims=spatial_dims, **kwargs)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{source}: cannot rebuild network {config['name']!r} with {kwargs}: {exc}") from exc
-    state = {k[len("network."):]: v for k, v in checkpoint["state_dict"].items() if str(k).startswith("network.")}
-    check_state_dict_keys(network, state, source)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{source}: weights do not fit network {config['name']!r} ({str(exc).splitlines()[0]}...)") from exc
-    return network
-
-
-def load_state_dict_strict(network: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a state-dict file into ``network`` strictly; errors name the file and the mismatched keys.
-
-    Accepts a plain state dict, ``{"state_dict": ...}`` and Lightning checkpoints (whose
-    ``network.`` prefix is removed).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=False)
-        except Exception:
-            raise ValueError(f"{path}: not a readable torch state dict ({type(exc).__name__}: {exc})") from exc
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict (mapping of parameter names), got {type(state).__name__}")
-    if state and all(str(k).startswith("network.") for k in state if not str(k).startswith("loss_fn.")):
-        state = {k[len("network."):]: v for k, v in state.items() if str(k).startswith("network.")}
-    from brats_pipeline.networks import check_state_dict_keys
-
-    check_state_dict_keys(network, state, str(path))
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the network ({str(exc).splitlines()[0]}...)") from exc
-    return network
-
-
 def _spatial_dims(networks: Sequence[nn.Module], spatial_dims: int | None) -> int:
     """The dimensionality shared by ``networks`` (read off their convolutions unless given)."""
     from brats_pipeline.networks import spatial_dims_of
@@ -731,4 +566,4 @@ def _context(network: nn.Module, task: Task, context: int | None) -> int:
     return int(context)
 
 
-__all__ = ["BLEND_MODES", "CasePrediction", "Predictor", "load_state_dict_strict"]
+__all__ = ["BLEND_MODES", "CasePrediction", "Predictor"]
