@@ -137,6 +137,8 @@ class BratsSegmentationModule(pl.LightningModule):
         self.loss_fn = build_loss(loss, mode="sigmoid", **(loss_kwargs or {}))
         self._val_sums: torch.Tensor | None = None
         self._hd_sums: torch.Tensor | None = None
+        #: optimiser steps whose gradients were not finite (zeroed; see :meth:`on_before_optimizer_step`)
+        self.nonfinite_steps = 0
 
     # ------------------------------------------------------------------ model
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -163,6 +165,28 @@ class BratsSegmentationModule(pl.LightningModule):
         loss = self.loss_fn(logits, label)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=image.shape[0], sync_dist=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the gradients of a step whose gradients are not all finite (e.g. a NaN loss), with a warning.
+
+        One bad batch (a bf16 overflow, a degenerate crop) would otherwise write NaN into every
+        weight for the rest of the run. Here the optimiser steps with zero gradients (AdamW then
+        moves only by its momentum and weight decay), the weights stay finite, and the count of
+        such steps is logged as ``train/nonfinite_steps``. Under DDP the gradients are already
+        all-reduced here, so every rank takes the same decision.
+        """
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+            return
+        for g in grads:
+            g.zero_()
+        self.nonfinite_steps += 1
+        if self.trainer.is_global_zero:
+            import warnings
+
+            warnings.warn(f"step {self.global_step}: non-finite gradients (loss or overflow); the step's gradients "
+                          f"were zeroed ({self.nonfinite_steps} such steps so far)", RuntimeWarning, stacklevel=1)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False, sync_dist=False)
 
     # ------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:

@@ -84,7 +84,10 @@ def test_bundle_trains_predicts_and_evaluates(name: str, cohorts: dict[str, Path
     saved = best if spec.save_weights == "best" else bundle / "runs" / "checkpoints" / "last.ckpt"
     state = torch.load(weights, weights_only=True)
     expected = bb.network_state_dict(torch.load(saved, weights_only=False))
-    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    assert state.keys() == expected.keys()
+    assert all(torch.isfinite(v).all() for v in state.values()), "training produced non-finite weights"
+    differ = [k for k in state if not torch.equal(state[k], expected[k])]
+    assert not differ, f"model.pt differs from {saved.name} in {differ[:5]}"
 
     run_bundle(bundle, ["inference.json"], dataset_dir=str(data), output_dir=str(tmp_path / "pred"), device="cpu")
     manifest = json.loads((tmp_path / "pred" / "manifest.json").read_text())

@@ -146,6 +146,35 @@ def test_loss_decreases_on_a_fixed_batch() -> None:
     assert losses[-1] < 0.85 * losses[0]
 
 
+def test_a_step_with_a_nan_loss_leaves_the_weights_finite(tmp_path: Path) -> None:
+    """A real Trainer; the loss is NaN on the second of four steps: that step's gradients are zeroed, with a warning."""
+    import pytorch_lightning as pl
+
+    torch.manual_seed(0)
+    model = BratsSegmentationModule("unet3d", network_kwargs={"features": [4, 4, 8, 16, 32, 4]}, task="brats2021",
+                                    roi_size=(32, 32, 32), lr_scheduler=None)
+    real_loss, calls = model.loss_fn, []
+
+    class NanOnSecondCall(torch.nn.Module):
+        def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            loss = real_loss(logits, label)
+            return loss * float("nan") if len(calls) == 2 else loss
+
+    model.loss_fn = NanOnSecondCall()
+    image = _smooth_volume(5, shape=(32, 32, 32)).repeat(1, 4, 1, 1, 1)
+    label = torch.cat([(image[:, :1] > t).float() for t in (0.3, 0.0, 0.6)], dim=1)
+    batches = [{"image": image, "label": label}] * 4
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", precision="32-true", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="step 1: non-finite gradients"):
+        trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    assert trainer.global_step == 4 and len(calls) == 4
+    assert model.nonfinite_steps == 1
+    assert all(torch.isfinite(v).all() for v in model.network.state_dict().values())
+
+
 def test_module_rejects_bad_optimiser_and_schedule() -> None:
     with pytest.raises(ValueError, match="optimizer must be a callable .* got 'adamax'"):
         BratsSegmentationModule("unet3d", optimizer="adamax")
