@@ -71,8 +71,12 @@ def run_recipe(
     device: torch.device,
     precision: str,
     seed: int = 0,
+    full: bool = False,
 ) -> MethodRun:
     """Train ``lgg_cpu.yaml`` on ``train_cases`` within ``budget``, predict ``test_cases`` (see module docstring).
+
+    ``full=True`` (method ``recipe_full``) trains the recipe as configured (its own ``max_steps``,
+    the shipped bundle's training) and only times it: ``budget`` is ignored.
 
     Args:
         train_cases: training patients (their ``files`` are read by the project's data module).
@@ -81,6 +85,7 @@ def run_recipe(
         device: where to train and predict.
         precision: ``fp32`` or ``bf16``.
         seed: the run's seed.
+        full: train the configured number of steps instead of fitting them to ``budget``.
     """
     from brats_pipeline.cli.train import build_cli
     from brats_pipeline.inference.predictor import Predictor
@@ -101,11 +106,12 @@ def run_recipe(
                 "--trainer.precision", "bf16-mixed" if precision == "bf16" else "32-true",
                 "--trainer.default_root_dir", tmp, "--trainer.logger", "false",
                 "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
-                "--trainer.max_steps", "100000",
+                *([] if full else ["--trainer.max_steps", "100000"]),
             ],
             run=False,
         )
-        cli.trainer.callbacks.append(BudgetSteps(clock))
+        if not full:
+            cli.trainer.callbacks.append(BudgetSteps(clock))
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         steps, train_cpu, train_wall = cli.trainer.global_step, clock.cpu_s(), clock.wall_s()
         last = next(Path(tmp).rglob("last.ckpt"))  # LastCheckpoint: every epoch end, including the one a stop cuts short
@@ -119,5 +125,10 @@ def run_recipe(
     return MethodRun(
         predictions=predictions, steps=int(steps), train_cpu_s=train_cpu, train_wall_s=train_wall,
         infer_cpu_s=time.process_time() - cpu0, infer_wall_s=time.perf_counter() - wall0,
-        extra={"config": RECIPE_CONFIG.name},
+        extra={"config": RECIPE_CONFIG.name, "budget": "configured steps" if full else "fitted to the budget"},
     )
+
+
+def run_recipe_full(*args, **kwargs) -> MethodRun:  # noqa: ANN002, ANN003
+    """:func:`run_recipe` with the recipe's configured steps (the shipped bundle's training), budget ignored."""
+    return run_recipe(*args, full=True, **kwargs)
