@@ -6,7 +6,9 @@
   input order: a SLURM job array with ``--shard $SLURM_ARRAY_TASK_ID/N`` splits a cohort
   reproducibly, and a re-run of one array task redoes the same cases.
 * **Workers**: cases run in a process pool (``spawn``); each worker gives SimpleITK
-  ``threads`` threads. One worker runs in the calling process.
+  ``threads`` threads and dies with the calling process (:mod:`preprocessing.workers`: a
+  ``kill -9`` of the batch leaves no worker running and writing). One worker runs in the
+  calling process.
 * **Resuming**: a case whose sidecar says it finished with the same inputs (paths and
   content: :mod:`preprocessing.identity`) and settings, and whose outputs all exist, is
   skipped (``status: skipped``) unless ``overwrite``. Temporary files that a killed run left
@@ -100,7 +102,12 @@ class BatchResult:
         return sum(s.status == "failed" for s in self.statuses)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent_pid: int | None = None) -> None:
+    """Set SimpleITK's threads; in a pool worker (``parent_pid`` given), tie its life to the parent's."""
+    if parent_pid is not None:
+        from preprocessing.workers import die_with_parent
+
+        die_with_parent(parent_pid)
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
@@ -258,7 +265,8 @@ def _run_pool(todo: Sequence[Case], config: PreprocessConfig, out_dir: Path, wor
     pending = list(todo)
     while pending:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                 initargs=(threads, os.getpid())) as pool:
             futures = {pool.submit(_run_case, case, config, str(out_dir)): case for case in pending}
             pending = []
             broken = False

@@ -3,7 +3,9 @@
 The Dockerfiles' COPY sources exist and are not excluded from the build context, the commands
 their RUN/CMD/ENTRYPOINT lines call are the project's console scripts or files the image
 installs, dependencies are installed before the sources are copied (a cached layer), the image
-runs as a non-root user and holds no data or weights; the entrypoint scripts and the Slurm job
+runs as a non-root user and holds no data or weights; the base images carry the torch the tests
+run on and the images pin the tested monai, and (slow) each image's requirements resolve with
+``pip install --dry-run`` against its base image's torch; the entrypoint scripts and the Slurm job
 scripts run outside a container/cluster far enough to show their help and their errors; every
 shell script passes shellcheck.
 """
@@ -143,6 +145,116 @@ def test_the_dependency_list_is_read_from_pyproject_as_the_image_does() -> None:
     snippet = re.search(r'python -c "(.+?)"\s+>', run).group(1)
     out = subprocess.run([sys.executable, "-c", snippet], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[:-1] == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+# ------------------------------------------------------------------------------- pins that resolve
+def _base_torch(dockerfile: Path) -> str:
+    """The torch version in the tag of the Dockerfile's default ``BASE_IMAGE`` (``pytorch/pytorch:2.13.0-cuda...``)."""
+    base = next(args for word, args in _instructions(dockerfile) if word == "ARG" and args.startswith("BASE_IMAGE="))
+    match = re.fullmatch(r"BASE_IMAGE=pytorch/pytorch:(\d+\.\d+\.\d+)-cuda[\d.]+-cudnn\d+-(?:runtime|devel)", base)
+    assert match, f"{dockerfile.name}: {base} is not a pytorch/pytorch:<torch>-cuda<X>-cudnn<Y>-runtime tag"
+    return match.group(1)
+
+
+def _tested_version(dist: str) -> str:
+    """The version of ``dist`` the tests run on (local build suffix such as ``+cpu`` dropped)."""
+    from importlib.metadata import version
+
+    return version(dist).split("+")[0]
+
+
+def _requirement_lines(text: str) -> list[str]:
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+
+
+def _image_pip_install(dockerfile: Path) -> tuple[list[str], list[str], list[str]]:
+    """``(requirements, constraints, options)`` of the image's dependency ``pip install``, as lines of text.
+
+    Files the install reads are followed to their source: a ``COPY`` of a repository file, or a
+    file the same ``RUN`` writes with ``python -c`` — the ``[project]`` dependencies of
+    pyproject.toml, or the base image's torch (``torch==<BASE_IMAGE's torch>``; its torchvision
+    is the one built for that torch, which pip finds by itself).
+    """
+    instructions = _instructions(dockerfile)
+    copied: dict[str, Path] = {}
+    for word, args in instructions:
+        parts = [p for p in shlex.split(args) if not p.startswith("--")]
+        if word == "COPY" and len(parts) == 2 and not parts[1].endswith("/"):
+            copied[parts[1]] = REPO / parts[0]
+    run = next(args for word, args in instructions if word == "RUN" and "pip install" in args and "--no-deps" not in args)
+    written: dict[str, list[str]] = {}
+    for snippet, path in re.findall(r'python -c "(.+?)"\s+>\s*(\S+)', run):
+        if "tomllib" in snippet:
+            written[path] = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+        elif "import torch" in snippet:
+            written[path] = [f"torch=={_base_torch(dockerfile)}"]
+
+    def lines(path: str) -> list[str]:
+        if path in written:
+            return written[path]
+        assert path in copied, f"{dockerfile.name}: pip reads {path}, which no COPY or python -c writes"
+        return _requirement_lines(copied[path].read_text(encoding="utf-8"))
+
+    install = next(segment for segment in run.split("&&") if "pip install" in segment)
+    tokens = shlex.split(install)
+    tokens = tokens[tokens.index("install") + 1:]
+    requirements, constraints, options = [], [], []
+    while tokens:
+        token = tokens.pop(0)
+        if token in ("-r", "--requirement"):
+            requirements += lines(tokens.pop(0))
+        elif token in ("-c", "--constraint"):
+            constraints += lines(tokens.pop(0))
+        elif token.startswith("-"):
+            options.append(token)
+        else:
+            requirements.append(token)
+    return requirements, constraints, options
+
+
+def test_images_pin_the_torch_and_monai_the_tests_run_on(dockerfile: Path) -> None:
+    """The default base image's torch and the monai pin are the versions this test run imports."""
+    from packaging.requirements import Requirement
+
+    assert _base_torch(dockerfile) == _tested_version("torch"), (
+        f"{dockerfile.name}: BASE_IMAGE has torch {_base_torch(dockerfile)}, the tests run torch {_tested_version('torch')}")
+    requirements, constraints, _ = _image_pip_install(dockerfile)
+    monai = _tested_version("monai")
+    assert any(Requirement(c).name == "monai" and str(Requirement(c).specifier) == f"=={monai}" for c in constraints), (
+        f"{dockerfile.name}: monai is not pinned to the tested {monai} (constraints {constraints})")
+    for line in requirements:  # nothing asks for another monai
+        req = Requirement(line)
+        if req.name == "monai":
+            assert monai in req.specifier, f"{dockerfile.name}: {line} excludes the tested monai {monai}"
+
+
+@pytest.mark.slow
+def test_image_requirements_resolve_against_the_base_images_torch(dockerfile: Path, tmp_path: Path) -> None:
+    """``pip install --dry-run`` of what the image installs, with its base image's torch pinned, finds the tested monai.
+
+    Resolved on this machine's Python (the base image's may differ) from PyPI, ignoring what is
+    installed here. torch is always pinned (an unpinned torch would be a multi-GB CUDA build), and
+    sdists (sam2) get their metadata without build isolation, as in the image, from this
+    environment's setuptools and torch.
+    """
+    requirements, constraints, _ = _image_pip_install(dockerfile)
+    torch_pin = f"torch=={_base_torch(dockerfile)}"
+    (tmp_path / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
+    (tmp_path / "constraints.txt").write_text("\n".join(constraints) + "\n", encoding="utf-8")
+    report = tmp_path / "report.json"
+    env = {**os.environ, "SAM2_BUILD_CUDA": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-build-isolation", "--quiet",
+         "--report", str(report), torch_pin, "-r", str(tmp_path / "requirements.txt"), "-c", str(tmp_path / "constraints.txt")],
+        capture_output=True, text=True, env=env, timeout=1200,
+    )
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("WARNING: Location")]
+    assert done.returncode == 0, f"{dockerfile.name} with {torch_pin} does not resolve:\n" + "\n".join(errors[-20:])
+    resolved = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+                for item in json.loads(report.read_text(encoding="utf-8"))["install"]}
+    assert resolved["torch"].split("+")[0] == _base_torch(dockerfile)
+    assert resolved["monai"] == _tested_version("monai"), (
+        f"{dockerfile.name} resolves to monai {resolved['monai']}; the tests run monai {_tested_version('monai')}")
 
 
 # -------------------------------------------------------------------------------------- entrypoints

@@ -22,7 +22,6 @@ from brats_pipeline.bundle.inference import (
     BundleRunner,
     CaseOutcome,
     CaseScorer,
-    CheckChannelsd,
     LabelWriter,
     RegionsToLabelsd,
     as_device,
@@ -33,6 +32,7 @@ from brats_pipeline.bundle.inference import (
     load_network,
     root_cause,
 )
+from brats_pipeline.bundle.input_checks import CheckChannelsd, SourceFilesd
 from brats_pipeline.bundle.specs import BUNDLES, BundleSpec, get_bundle_spec, spec_from_recipe
 from brats_pipeline.bundle.templates import SCHEMA_URL, check_bundle, render_bundle, write_bundle
 from brats_pipeline.bundle.tools import (
@@ -62,7 +62,7 @@ from brats_pipeline.weights import network_state_dict, save_state_dict
 __all__ = [
     "BUNDLES", "CONFIG_FILES", "MODEL_FILE", "SCHEMA_URL", "BundleRunner", "BundleSpec", "CaseOutcome",
     "CaseScorer", "CaseSplit", "Check", "CheckChannelsd", "LabelWriter", "RegionsToLabelsd",
-    "SaveBestNetwork", "SlurmRequeue", "TrainingCurves", "accelerator_of", "as_device", "bundle_parser",
+    "SaveBestNetwork", "SlurmRequeue", "SourceFilesd", "TrainingCurves", "accelerator_of", "as_device", "bundle_parser",
     "case_id_of", "case_modality_files", "check_bundle", "config_property_problems", "ddp_devices",
     "devices_of", "export_checkpoint", "get_bundle_spec", "image_files", "inference_cases",
     "inference_preprocessing", "load_cases", "load_network", "network_state_dict", "precision_of", "readme",

@@ -1,7 +1,8 @@
 """Inference parts of ``configs/inference.json`` (``evaluate.json`` adds a scorer).
 
 * :func:`inference_preprocessing` is the training's deterministic transforms without the
-  label, plus a channel-count check: ``image`` is one 4D NIfTI with the modalities stacked on
+  label, plus input checks naming the file (:mod:`~brats_pipeline.bundle.input_checks`:
+  channel count, NaN/Inf, an empty modality): ``image`` is one 4D NIfTI with the modalities stacked on
   the last axis (MSD style, what MONAI Label sends) or a list of per-modality files;
 * :class:`RegionsToLabelsd` turns region channels back into the task's label values;
 * :func:`load_network` loads ``models/model.pt`` **strictly** (MONAI Label's own loader is
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from brats_pipeline.bundle.input_checks import CheckChannelsd, SourceFilesd
 from brats_pipeline.constants import Task, get_task
 from preprocessing.identity import check_case_id, check_case_ids
 
@@ -45,34 +47,16 @@ def as_device(device: Any) -> Any:
         raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from exc
 
 
-class CheckChannelsd:
-    """Fail early, naming the file, when ``image`` does not have one channel per modality of the task."""
-
-    def __init__(self, keys: str | Sequence[str], task: str | Task) -> None:
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
-        self.task = get_task(task)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
-        n = len(self.task.modalities)
-        for key in self.keys:
-            image = data[key]
-            if image.ndim != 4 or image.shape[0] != n:
-                source = (getattr(image, "meta", None) or {}).get("filename_or_obj", key)
-                raise ValueError(
-                    f"{source}: expected {n} channels ({', '.join(self.task.modality_names)}), as one 4D NIfTI with the "
-                    f"modalities stacked on the last axis in that order (brats-bundle stack) or one file per modality; "
-                    f"got an image of shape {tuple(image.shape)} after loading"
-                )
-        return data
-
-
 def inference_preprocessing(
     task: str | Task,
     spacing: Sequence[float] | None = None,
     orientation: str | None = "RAS",
     crop_foreground: bool = True,
 ) -> Any:
-    """The training's deterministic transforms for ``image`` only, with a channel check after loading.
+    """The training's deterministic transforms for ``image`` only, with input checks around the loader.
+
+    :class:`SourceFilesd` keeps the file names, and :class:`CheckChannelsd` after loading fails
+    a case, naming the file, for a wrong number of modalities, NaN/Inf or a constant (empty) modality.
 
     Starts with MONAI's ``LoadImaged`` (MONAI Label swaps it for its own loader) and keeps every
     spatial step invertible, so ``Invertd`` in the postprocessing returns predictions to the
@@ -86,7 +70,7 @@ def inference_preprocessing(
 
     steps = list(deterministic_transforms(task, with_label=False, spacing=spacing, orientation=orientation,
                                           crop_foreground=crop_foreground).transforms)
-    return Compose([steps[0], CheckChannelsd("image", task), *steps[1:]])
+    return Compose([SourceFilesd("image"), steps[0], CheckChannelsd("image", task), *steps[1:]])
 
 
 class RegionsToLabelsd:
@@ -127,7 +111,7 @@ def load_network(network: Any, path: str | os.PathLike, device: Any = "cpu") -> 
     """
     from brats_pipeline.weights import load_state_dict_strict
 
-    path = Path(path)
+    path = Path(path).absolute()  # errors name the file wherever the bundle was run from (bundle_root ".")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no weights; train the bundle (monai.bundle run) or run "
                                 f"'brats-bundle export --checkpoint CKPT --bundle DIR'")

@@ -1,5 +1,6 @@
-"""``brats-bundle``: export weights into a MONAI bundle, verify a bundle, stack modalities, (re)generate bundles.
+"""``brats-bundle``: run a bundle, export weights into it, verify it, stack modalities, (re)generate bundles.
 
+    brats-bundle run --config_file bundles/brats_unet3d_segmentation/configs/inference.json --dataset_dir data --output_dir preds
     brats-bundle export --checkpoint runs/.../best.ckpt --bundle bundles/brats_unet3d_segmentation
     brats-bundle verify bundles/brats_unet3d_segmentation --schema meta_schema_20220324.json
     brats-bundle stack t1c.nii.gz t1.nii.gz t2.nii.gz flair.nii.gz -o case.nii.gz --task brats2021
@@ -21,6 +22,9 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "bundles"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brats-bundle", description="MONAI bundle tools for brats-pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", help="python -m monai.bundle run, with every override checked against the config "
+                   "(a misspelt --ouput_dir is an error naming the closest key); same arguments", add_help=False)
 
     exp = sub.add_parser("export", help="copy a Lightning checkpoint's network weights into <bundle>/models/model.pt")
     exp.add_argument("--checkpoint", required=True, help="Lightning .ckpt (brats-train or the bundle's training)")
@@ -98,7 +102,34 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(argv: Sequence[str]) -> int:
+    """``brats-bundle run ARGS``: ``monai.bundle run`` (arguments parsed by ``fire``, as there), overrides checked first.
+
+    Exit status 2 for an override that names no key of the config (one line), else what the
+    workflow does: 0, or a traceback and 1 when it raises (as ``python -m monai.bundle run``).
+    """
+    if {"-h", "--help"} & set(argv):
+        print("usage: brats-bundle run --config_file CONFIG[S] [--meta_file ...] [--logging_file ...] [--ID VALUE ...]\n"
+              "python -m monai.bundle run with the same arguments; every override --ID (a#b#c or a::b::c) must name a\n"
+              "key of the merged config, or a new argument of an existing component (exit 2 otherwise).\n"
+              "e.g. brats-bundle run --config_file configs/inference.json --dataset_dir data --output_dir preds")
+        return 0
+    import fire
+
+    from brats_pipeline.bundle.overrides import OverrideError, run
+
+    try:
+        fire.Fire(run, command=list(argv), name="brats-bundle run")
+    except OverrideError as err:
+        print(f"brats-bundle run: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:  # fire, not argparse, parses monai.bundle run's --id value pairs
+        return _run(argv[1:])
     args = build_parser().parse_args(argv)
     command = {"export": _export, "verify": _verify, "stack": _stack, "generate": _generate}[args.command]
     try:

@@ -13,7 +13,9 @@ were made from the same input contents by the same model with the same settings
 (:mod:`brats_pipeline.inference.batch`). Exit status 0 when every case succeeded (or was
 already done), 1 when any case failed (the others are still written), 2 for bad arguments:
 among them a case id that is not a safe file name or appears twice
-(:mod:`preprocessing.identity`) and an output folder that cannot be written.
+(:mod:`preprocessing.identity`), an output folder that cannot be written and a ``--task``
+other than the one the checkpoint or bundle was trained for. A modality file that cannot be
+used (truncated, NaN, constant: an empty scan) fails its case.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--weights", nargs="+", metavar="PT", help="plain state-dict file(s) of --network")
     p.add_argument("--network", default="unet3d", help="registry network for --weights (default unet3d)")
     p.add_argument("--network-kwargs", default="{}", help="JSON options of --network, e.g. '{\"features\": [8,16,32,64,128,16]}'")
-    p.add_argument("--task", help="task (needed for a dataset folder or --weights; default: the model's)")
+    p.add_argument("--task", help="task (needed for a dataset folder or --weights; default: the model's, "
+                   "and with --checkpoint/--bundle it must be the model's)")
     p.add_argument("--split", choices=SPLITS, default="all", help="datalist entries to predict (default all)")
     p.add_argument("--fold", type=int, help="only training entries of this fold (e.g. a validation fold)")
     p.add_argument("--tta", action="store_true", help="test-time mirroring on all three axes (8 passes per model)")
@@ -84,9 +87,10 @@ def load_cases(source: str | Path, task: Any, split: str = "all", fold: int | No
         fold: keep only training entries of this fold.
 
     Raises:
-        ValueError: a case id (given, or made from an entry's file names) that is not a safe file
-            name or appears twice, naming ``source`` and the entries.
+        ValueError: a datalist of another task, or a case id (given, or made from an entry's file
+            names) that is not a safe file name or appears twice, naming ``source`` and the entries.
     """
+    from brats_pipeline.constants import get_task
     from brats_pipeline.data.datalist import load_datalist
     from brats_pipeline.data.discovery import discover_cases
     from brats_pipeline.inference.loading import case_id_of, image_files
@@ -98,6 +102,8 @@ def load_cases(source: str | Path, task: Any, split: str = "all", fold: int | No
         return [{"case_id": r.case_id, "image": r.image, "label": r.label, "problem": r.problem, "problem_file": r.problem_file}
                 for r in records]
     datalist = load_datalist(source)
+    if get_task(datalist["task"]).name != get_task(task).name:  # as the bundle's reader: labels of one task only
+        raise ValueError(f"{source}: datalist of task {datalist['task']!r}, but the model is for {get_task(task).name!r}")
     if fold is not None:
         cases = [e for e in datalist.get("training", []) if e.get("fold") == fold]
     else:
@@ -122,6 +128,22 @@ def _postprocess_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def check_task(given: str | None, recorded: str, model: str) -> None:
+    """Refuse a ``--task`` that is not the task ``model`` was trained for (aliases such as brats2020 are the same task).
+
+    A model writes the labels of its own task: a brats2021 model run as ``--task brats2023``
+    would write 2023 label values for 2021 predictions.
+
+    Raises:
+        ValueError: ``given`` names another task (one line naming the model and both tasks).
+    """
+    from brats_pipeline.constants import get_task
+
+    if given is not None and get_task(given).name != get_task(recorded).name:
+        raise ValueError(f"--task {given}: {model} was trained for task {recorded!r}, not {given!r}; "
+                         f"leave out --task (the model's task is used) or give a model of task {given!r}")
+
+
 def build_predictor(args: argparse.Namespace) -> Any:
     """The :class:`~brats_pipeline.inference.Predictor` the arguments describe."""
     import json
@@ -137,14 +159,14 @@ def build_predictor(args: argparse.Namespace) -> Any:
         if value is not None:
             overrides[name] = tuple(value) if name == "roi_size" else value
     device = None if args.device == "auto" else args.device
-    if args.checkpoint:
-        if args.task:
-            overrides["task"] = args.task
-        return Predictor.from_checkpoint(args.checkpoint, device=device, **overrides)
+    if args.checkpoint:  # the task is the model's (an ensemble's members agree on it); --task must not contradict it
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=device, **overrides)
+        check_task(args.task, predictor.task.name, f"checkpoint {args.checkpoint[0]}")
+        return predictor
     if args.bundle:
-        if args.task:
-            overrides["task"] = args.task
-        return Predictor.from_bundle(args.bundle, device=device, **overrides)
+        predictor = Predictor.from_bundle(args.bundle, device=device, **overrides)
+        check_task(args.task, predictor.task.name, f"bundle {args.bundle}")
+        return predictor
     if not args.task:
         raise ValueError("--weights needs --task")
     try:

@@ -3,7 +3,7 @@
 A case is a mapping with ``case_id`` and ``image`` (modality files in the task's channel
 order, or one 4D file with channels last as MSD ships it), like a datalist entry. Files are
 read with :func:`preprocessing.io.read_array` (checks: missing, truncated, not 3D/4D,
-NaN/Inf) on a thread pool — gzip decoding releases the GIL, so four modalities decode in
+NaN/Inf, constant — an all-zero modality is an empty scan, not something to predict from) on a thread pool — gzip decoding releases the GIL, so four modalities decode in
 about the time of one — and assembled into a ``C×X×Y×Z`` ``MetaTensor`` carrying the first
 file's affine, exactly as ``LoadImaged(ensure_channel_first=True)`` would. The remaining
 steps are :func:`brats_pipeline.data.transforms.deterministic_transforms` without its loading
@@ -57,15 +57,19 @@ class ParallelLoadImaged:
             else:
                 raise ImageFileError(files[0], f"expected {n} modalities ({', '.join(self.task.modality_names)}) "
                                      f"stacked on the last axis, got shape {array.shape}")
+            for i, (channel, name) in enumerate(zip(array, self.task.modality_names)):  # an empty modality
+                if channel.size and channel.min() == channel.max():
+                    raise ImageFileError(files[0], f"channel {i} ({name}) is constant (every voxel is "
+                                         f"{channel.flat[0]}): empty volume?")
             geometries = [geometry]
         else:
             if len(files) != n:
                 raise ValueError(f"case {d.get('case_id', '?')}: expected {n} modality files "
                                  f"({', '.join(self.task.modality_names)}), got {len(files)}")
             if self.executor is None:
-                results = [read_array(f) for f in files]
+                results = [_read_modality(f) for f in files]
             else:
-                results = list(self.executor.map(read_array, files))
+                results = list(self.executor.map(_read_modality, files))
             geometries = [g for _, g in results]
             ref = geometries[0]
             for geo in geometries[1:]:
@@ -86,6 +90,13 @@ class ParallelLoadImaged:
         }
         d["image"] = MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), meta=meta)
         return d
+
+
+def _read_modality(path: str) -> tuple[np.ndarray, Any]:
+    """One modality file's voxels and geometry; a constant (all-zero, empty) image is an error naming the file."""
+    from preprocessing.io import read_array
+
+    return read_array(path, check_constant=True)
 
 
 def image_files(case: Mapping[Hashable, Any]) -> list[str]:
