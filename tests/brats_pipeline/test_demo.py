@@ -69,7 +69,7 @@ def test_compute_plan_never_oversubscribes_the_cores(monkeypatch: pytest.MonkeyP
             assert plan.threads * (plan.workers + 1) <= cores and plan.threads >= 1, plan
             assert torch.get_num_threads() == plan.threads
         monkeypatch.setattr(demo, "cores_available", lambda: 2)
-        assert (demo.plan_compute("cpu").threads, demo.plan_compute("cpu").workers) == (1, 1)
+        assert (demo.plan_compute("cpu").threads, demo.plan_compute("cpu").workers) == (2, 0)  # data cached: no worker
         # fp32 unless bf16 is asked for, and bf16 only on a CPU with native bf16 (emulated: 25-35x slower)
         assert demo.plan_compute("cpu").precision == "32-true"
         from brats_pipeline import devices
