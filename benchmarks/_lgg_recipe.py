@@ -64,6 +64,27 @@ class BudgetSteps(Callback):
                 config.scheduler.bind(total, per_epoch)
 
 
+def recipe_cli(
+    datalist: Path, root: Path, device: torch.device, precision: str, seed: int = 0, max_steps: int | None = None
+) -> object:
+    """``lgg_cpu.yaml`` through ``brats-train``'s CLI (not run): every entry of ``datalist`` trains (``--data.fold -1``),
+    no validation, no logger, no progress bar, outputs under ``root``; ``max_steps`` replaces the configured steps."""
+    from brats_pipeline.cli.train import build_cli
+
+    return build_cli(
+        [
+            "--config", str(RECIPE_CONFIG), "--seed_everything", str(seed),
+            "--data.datalist", str(datalist), "--data.fold", "-1",
+            "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu",
+            "--trainer.precision", "bf16-mixed" if precision == "bf16" else "32-true",
+            "--trainer.default_root_dir", str(root), "--trainer.logger", "false",
+            "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+            *([] if max_steps is None else ["--trainer.max_steps", str(max_steps)]),
+        ],
+        run=False,
+    )
+
+
 def run_recipe(
     train_cases: Sequence[LggCase],
     test_cases: Sequence[LggCase],
@@ -87,7 +108,6 @@ def run_recipe(
         seed: the run's seed.
         full: train the configured number of steps instead of fitting them to ``budget``.
     """
-    from brats_pipeline.cli.train import build_cli
     from brats_pipeline.inference.predictor import Predictor
 
     clock = Budget(budget, device)
@@ -98,18 +118,7 @@ def run_recipe(
         ]  # --data.fold -1 trains on every entry; validation (fold 0) is switched off below
         datalist = Path(tmp) / "datalist.json"
         datalist.write_text(json.dumps({"task": "lgg", "training": entries}), encoding="utf-8")
-        cli = build_cli(
-            [
-                "--config", str(RECIPE_CONFIG), "--seed_everything", str(seed),
-                "--data.datalist", str(datalist), "--data.fold", "-1",
-                "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu",
-                "--trainer.precision", "bf16-mixed" if precision == "bf16" else "32-true",
-                "--trainer.default_root_dir", tmp, "--trainer.logger", "false",
-                "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
-                *([] if full else ["--trainer.max_steps", "100000"]),
-            ],
-            run=False,
-        )
+        cli = recipe_cli(datalist, Path(tmp), device, precision, seed, max_steps=None if full else 100000)
         if not full:
             cli.trainer.callbacks.append(BudgetSteps(clock))
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)

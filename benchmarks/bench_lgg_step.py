@@ -40,9 +40,9 @@ from pytorch_lightning import Callback  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import PRECISIONS, set_up_compute  # noqa: E402
+from _lgg_recipe import recipe_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "brats_pipeline" / "configs" / "lgg_cpu.yaml"
 TARGET = 1.2
 
 
@@ -67,20 +67,12 @@ class StepClock(Callback):
 
 def build_recipe(data: Path, patients: int, tmp: Path, precision: str, steps: int) -> object:
     """``lgg_cpu.yaml`` through ``brats-train``'s CLI on the first ``patients`` patients (no validation, no logger)."""
-    from brats_pipeline.cli.train import build_cli
     from brats_pipeline.data.datalist import build_datalist, write_datalist
 
     datalist = build_datalist(data, "lgg", folds=5, seed=0)
     datalist["training"] = datalist["training"][:patients]
     write_datalist(datalist, tmp / "datalist.json")
-    return build_cli(
-        ["--config", str(RECIPE), "--data.datalist", str(tmp / "datalist.json"), "--data.fold", "-1",
-         "--trainer.precision", "bf16-mixed" if precision == "bf16" else "32-true",
-         "--trainer.default_root_dir", str(tmp), "--trainer.logger", "false",
-         "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
-         "--trainer.max_steps", str(steps)],
-        run=False,
-    )
+    return recipe_cli(tmp / "datalist.json", tmp, torch.device("cpu"), precision, max_steps=steps)
 
 
 def compute_only(module: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int, precision: str) -> tuple[list[float], list[float]]:

@@ -41,3 +41,16 @@ def brats_case_dir() -> Path:
 def bundle_schema_dir() -> Path:
     """``../shared/data/monai_bundle_schema``: MONAI bundle metadata schemas for offline verification."""
     return _shared("monai_bundle_schema")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-tensor tests (on a shared 2-core machine one thread
+    beats two competing ones); the previous count is restored. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -14,12 +14,7 @@ from brats_pipeline.networks.finetune import EncoderFreeze
 TINY = {"decoder_channels": [8, 8, 8, 8, 8]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Slices(Dataset):

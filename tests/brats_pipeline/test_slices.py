@@ -24,13 +24,7 @@ from brats_pipeline.module import BratsSegmentationModule
 from brats_pipeline.networks import input_channels_of
 from preprocessing.io import write_nifti
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------ slabs
