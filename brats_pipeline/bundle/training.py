@@ -169,7 +169,8 @@ def split_datamodule(
     ``datalist_path`` — a record of exactly what a run trained on — and returns
     ``BratsDataModule(datalist_path, fold=1, **datamodule_kwargs)``. When MONAI Label gives
     training cases but no (or an empty list of) validation cases (``val_split`` 0), validation
-    uses the training cases.
+    uses the training cases; a case in both lists is entered twice, the validation copy's
+    ``case_id`` suffixed ``+val`` so that ids stay unique.
     """
     from brats_pipeline.data.datamodule import BratsDataModule
     from preprocessing.io import write_json
@@ -184,7 +185,13 @@ def split_datamodule(
     if not train_cases or not val_cases:
         raise ValueError(f"need training and validation cases, got {len(train_cases)} and {len(val_cases)}")
     entries = [_training_entry(c, 0, "train#dataset") for c in train_cases]
-    entries += [_training_entry(c, 1, "validate#dataset") for c in val_cases]
+    used = {e["case_id"] for e in entries}
+    for case in val_cases:  # a case in both lists keeps one id per entry: the validation copy gets "+val"
+        entry = _training_entry(case, 1, "validate#dataset")
+        if entry["case_id"] in used:
+            entry["case_id"] = f"{entry['case_id']}+val"
+        used.add(entry["case_id"])
+        entries.append(entry)
     datalist = {"name": "bundle_split", "task": task.name, "num_folds": 2, "training": entries, "testing": [],
                 "numTraining": len(entries), "numTest": 0}
     write_json(datalist, datalist_path)

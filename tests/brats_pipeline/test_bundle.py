@@ -289,3 +289,15 @@ def test_case_split_uses_explicit_data_or_the_fold(cohort: Path, tmp_path: Path)
     with pytest.raises(ValueError, match="has no 'label'"):
         bb.split_datamodule(bb.CaseSplit(data=[{"image": "/x/a.nii.gz"}]), bb.CaseSplit(part="validate"),
                             "brats2021", tmp_path / "split.json")
+
+
+def test_split_datamodule_validates_on_the_training_cases_when_none_are_given(cohort: Path, tmp_path: Path) -> None:
+    """MONAI Label's ``val_split`` 0: validation reuses the training case, under its own id."""
+    case = cohort / "BraTS2021_00000"
+    explicit = [{"image": bb.case_modality_files(case, "brats2021"), "label": str(case / "BraTS2021_00000_seg.nii.gz")}]
+    dm = bb.split_datamodule(bb.CaseSplit(data=explicit), bb.CaseSplit(data=[]), "brats2021", tmp_path / "split.json",
+                             patch_size=[32, 32, 32], batch_size=1, num_workers=0)
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert [(e["case_id"], e["fold"]) for e in split["training"]] == [("BraTS2021_00000", 0), ("BraTS2021_00000+val", 1)]
+    assert [e["image"] for e in split["training"]] == [explicit[0]["image"]] * 2
+    assert len(dm.datalist["training"]) == 2
