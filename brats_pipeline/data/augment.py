@@ -9,9 +9,11 @@ the CPU). :class:`BatchAugment` instead works on a whole batch with torch, 3D
   elastic field of :func:`~brats_pipeline.data.elastic.elastic_displacement` (amplitude in
   voxels, the same as the per-sample CPU path's) — is composed into **one sampling grid**, and
   image and label are resampled in a single ``grid_sample`` each (image bilinear; label
-  region channels bilinear then thresholded at 0.5);
+  region channels bilinear then thresholded at 0.5). A sample that drew flips only (with
+  ``spatial_prob`` 0.5 about half of them) is its centre window flipped and copied — what the
+  grid would sample, without the interpolation's cost;
 * intensity scale/shift, gamma, Gaussian noise and Gaussian smoothing are drawn with torch
-  on the device.
+  on the device and applied in place on the output.
 
 It runs on any device (the tests run it on the CPU). The input may be larger than
 ``out_size`` (the data module crops a margin around each patch); the output is the centre
@@ -77,22 +79,28 @@ class BatchAugment(torch.nn.Module):
             raise ValueError(f"BatchAugment spacing must be 2 or 3 positive sizes in mm, got {self.spacing}")
 
     # ------------------------------------------------------------------ spatial
-    def _affine(self, batch: int, dims: int, device: torch.device) -> torch.Tensor:
-        """(B, D, D) per-sample linear maps (output -> input, physical mm), identity where not drawn."""
+    def _affine(self, batch: int, dims: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample random maps (output -> input, physical mm).
+
+        Returns ``(linear, flips, moved)``: ``linear`` (B, D, D) rotation @ shear @ scaling
+        (identity where not drawn), ``flips`` (B, D) of ±1, and ``moved`` (B,) bool, the
+        samples that drew a rotation/scaling/shear. The full map is ``linear @ diag(flips)``.
+        """
         cfg = self.config
         eye = torch.eye(dims, device=device).expand(batch, dims, dims).clone()
-        mats = eye
+        linear, moved = eye, torch.zeros(batch, dtype=torch.bool, device=device)
         if cfg.spatial_prob > 0:
             on = (torch.rand(batch, device=device) < cfg.spatial_prob).float().view(-1, 1)
             n_angles = 3 if dims == 3 else 1
             angles = (torch.rand(batch, n_angles, device=device) * 2 - 1) * math.radians(cfg.rotate_deg) * on
             scales = 1 + (torch.rand(batch, dims, device=device) * 2 - 1) * cfg.scale * on
             shear = eye + ((torch.rand(batch, dims, dims, device=device) * 2 - 1) * cfg.shear * on.view(-1, 1, 1)) * (1 - eye)
-            mats = _rotation_matrices(angles) @ shear @ torch.diag_embed(scales)
+            linear = _rotation_matrices(angles) @ shear @ torch.diag_embed(scales)
+            moved = on.view(-1) > 0
+        flips = torch.ones(batch, dims, device=device)
         if cfg.flip_prob > 0:
             flips = torch.where(torch.rand(batch, dims, device=device) < cfg.flip_prob, -1.0, 1.0)
-            mats = mats @ torch.diag_embed(flips)
-        return mats
+        return linear, flips, moved
 
     def _elastic(self, batch: int, size: Sequence[int], device: torch.device) -> torch.Tensor | None:
         """(B, *size, D) displacement in voxels (:func:`elastic_displacement`), or ``None``."""
@@ -115,40 +123,45 @@ class BatchAugment(torch.nn.Module):
         return out_size, spacing
 
     def sampling_grid(self, batch: int, in_size: Sequence[int], device: torch.device) -> torch.Tensor:
-        """Normalised ``grid_sample`` grid (B, *out_size, D) mapping output voxels into the input."""
-        out_size, spacing_ = self._check_sizes(in_size)
-        spacing = torch.tensor(spacing_, device=device)
-        physical = centred_voxels(out_size, device) * spacing
-        mats = self._affine(batch, len(in_size), device)
+        """Normalised ``grid_sample`` grid (B, *out_size, D) mapping output voxels into the input (every sample)."""
+        out_size, spacing = self._check_sizes(in_size)
+        linear, flips, _ = self._affine(batch, len(in_size), device)
+        return self._grid(linear @ torch.diag_embed(flips), self._elastic(batch, out_size, device), in_size, out_size, spacing)
+
+    @staticmethod
+    def _grid(mats: torch.Tensor, disp: torch.Tensor | None, in_size: Sequence[int], out_size: Sequence[int],
+              spacing_: Sequence[float]) -> torch.Tensor:
+        spacing = torch.tensor(spacing_, device=mats.device)
+        physical = centred_voxels(out_size, mats.device) * spacing
         src = torch.einsum("bij,...j->b...i", mats, physical) / spacing  # back to input voxels, centred
-        disp = self._elastic(batch, out_size, device)
         if disp is not None:
             src = src + disp
         return grid_from_voxels(src, in_size)
 
     # ---------------------------------------------------------------- intensity
     def _intensity(self, image: torch.Tensor) -> torch.Tensor:
+        """Intensity transforms, **in place** on ``image`` (the tensor :meth:`forward` just made)."""
         cfg = self.config
         b, c = image.shape[:2]
         dev = image.device
         ones = (1,) * (image.ndim - 2)
         view, per_sample = (b, c, *ones), (b, 1, *ones)
         if cfg.intensity_prob > 0:
-            on = (torch.rand(per_sample, device=dev) < cfg.intensity_prob).float()
-            scale = 1 + (torch.rand(view, device=dev) * 2 - 1) * cfg.intensity_scale * on
-            shift = (torch.rand(view, device=dev) * 2 - 1) * cfg.intensity_shift * on
-            image = image * scale + shift
+            on = torch.rand(b, device=dev) < cfg.intensity_prob
+            scale = 1 + (torch.rand(view, device=dev) * 2 - 1) * cfg.intensity_scale
+            shift = (torch.rand(view, device=dev) * 2 - 1) * cfg.intensity_shift
+            _on_some(image, on, lambda x, i: x.mul_(scale[i]).add_(shift[i]))
         if cfg.gamma_prob > 0:
             lo, hi = cfg.gamma_range
             gamma = lo + torch.rand(view, device=dev) * (hi - lo)
-            image = _on_some(image, torch.rand(b, device=dev) < cfg.gamma_prob, lambda x, i: _gamma(x, gamma[i]))
+            _on_some(image, torch.rand(b, device=dev) < cfg.gamma_prob, lambda x, i: _gamma(x, gamma[i]))
         if cfg.noise_prob > 0:
             std = torch.rand(per_sample, device=dev) * cfg.noise_std
-            image = _on_some(image, torch.rand(b, device=dev) < cfg.noise_prob, lambda x, i: x + torch.randn_like(x) * std[i])
+            _on_some(image, torch.rand(b, device=dev) < cfg.noise_prob, lambda x, i: x.add_(torch.randn_like(x) * std[i]))
         if cfg.smooth_prob > 0:
             lo, hi = cfg.smooth_sigma
             sigma = lo + float(torch.rand(()).item()) * (hi - lo)
-            image = _on_some(image, torch.rand(b, device=dev) < cfg.smooth_prob, lambda x, i: _gaussian_smooth(x, sigma))
+            _on_some(image, torch.rand(b, device=dev) < cfg.smooth_prob, lambda x, i: _gaussian_smooth(x, sigma))
         return image
 
     def forward(self, image: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -156,30 +169,60 @@ class BatchAugment(torch.nn.Module):
             raise ValueError(f"BatchAugment expects image (B, C, X, Y) or (B, C, X, Y, Z), got shape {tuple(image.shape)}")
         if label is not None and (label.ndim != image.ndim or label.shape[0] != image.shape[0] or label.shape[2:] != image.shape[2:]):
             raise ValueError(f"label shape {tuple(label.shape)} does not match image shape {tuple(image.shape)}")
-        grid = self.sampling_grid(image.shape[0], image.shape[2:], image.device).to(image.dtype)
-        out = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        if label is not None:
-            warped = F.grid_sample(label.to(image.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-            label = (warped > 0.5).to(label.dtype)
-        return self._intensity(out), label
+        in_size = tuple(image.shape[2:])
+        out_size, spacing = self._check_sizes(in_size)
+        batch, dims, device = image.shape[0], len(in_size), image.device
+        linear, flips, moved = self._affine(batch, dims, device)
+        disp = self._elastic(batch, out_size, device)
+        warped = moved.clone()
+        if disp is not None:
+            warped |= disp.flatten(1).abs().amax(1) > 0
+        margins = [n - m for n, m in zip(in_size, out_size)]
+        if any(m < 0 or m % 2 for m in margins):  # the centre window is not on the input's voxels
+            warped[:] = True
+        out = image.new_empty((batch, image.shape[1], *out_size))
+        out_label = None if label is None else label.new_empty((batch, label.shape[1], *out_size))
+        # samples with a rotation, scaling, shear or elastic field: one bilinear resampling each
+        index = warped.nonzero().flatten()
+        if index.numel():
+            grid = self._grid(linear[index] @ torch.diag_embed(flips[index]), None if disp is None else disp[index],
+                              in_size, out_size, spacing).to(image.dtype)
+            out.index_copy_(0, index, F.grid_sample(image.index_select(0, index), grid, mode="bilinear",
+                                                    padding_mode="zeros", align_corners=True))
+            if label is not None:
+                moved_label = F.grid_sample(label.index_select(0, index).to(image.dtype), grid, mode="bilinear",
+                                            padding_mode="zeros", align_corners=True)
+                out_label.index_copy_(0, index, (moved_label > 0.5).to(label.dtype))
+        # the others (flips at most): the centre window, flipped, copied exactly (what the grid would sample)
+        window = (slice(None), *(slice(m // 2, m // 2 + n) for m, n in zip(margins, out_size)))
+        for i in (~warped).nonzero().flatten().tolist():
+            axes = [1 + d for d in range(dims) if flips[i, d] < 0]
+            out[i].copy_(image[i][window].flip(axes) if axes else image[i][window])
+            if label is not None:
+                out_label[i].copy_(label[i][window].flip(axes) if axes else label[i][window])
+        return self._intensity(out), out_label
 
 
-def _on_some(image: torch.Tensor, on: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``fn(image[i], i)`` for the samples ``i`` where ``on`` (B,) holds; the others unchanged (no work spent on them)."""
-    index = on.nonzero().flatten()
-    if index.numel() == 0:
-        return image
-    if index.numel() == image.shape[0]:
-        return fn(image, index)
-    return image.index_copy(0, index, fn(image.index_select(0, index), index))
+def _on_some(image: torch.Tensor, on: torch.Tensor, fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> torch.Tensor:
+    """``image[i] = fn(image[i], i)`` for each sample ``i`` where ``on`` (B,) holds, in place; no work on the others.
+
+    ``fn`` gets a (1, C, ...) view of the sample and the slice ``i:i+1`` (to pick its drawn
+    parameters); it may change the view in place or return a new tensor, which is copied in.
+    """
+    for i in on.nonzero().flatten().tolist():
+        part = image[i : i + 1]
+        result = fn(part, slice(i, i + 1))
+        if result.data_ptr() != part.data_ptr():
+            part.copy_(result)
+    return image
 
 
 def _gamma(image: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """Gamma on each channel's [min, max] range, which it keeps."""
+    """Gamma on each channel's [min, max] range, which it keeps (in place)."""
     view = (*image.shape[:2], *([1] * (image.ndim - 2)))
     vmin, vmax = torch.aminmax(image.flatten(2), dim=-1)
     vmin, vrange = vmin.view(view), (vmax.view(view) - vmin.view(view)).clamp_min(1e-6)
-    return ((image - vmin) / vrange).clamp(0, 1) ** gamma * vrange + vmin
+    return image.sub_(vmin).div_(vrange).clamp_(0, 1).pow_(gamma).mul_(vrange).add_(vmin)
 
 
 def _gaussian_smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -160,6 +160,37 @@ def test_batch_augment_2d_full_config_keeps_shapes_binary_label_and_alignment() 
     assert full.shape == image.shape and torch.isfinite(full).all() and set(lab2.unique().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize(("shape", "out_size"), [((48, 40), None), ((48, 40), (40, 32)), ((40, 40, 32), (32, 32, 24))])
+def test_batch_augment_copies_flip_only_samples_exactly_and_resamples_the_others(shape, out_size) -> None:
+    """Samples that drew only flips are a flipped centre window (no interpolation), the others are
+    resampled; the whole batch equals what one ``grid_sample`` over every sample gives."""
+    import torch.nn.functional as F
+
+    image = _smooth_batch(3, shape, 12, channels=2)
+    label = (image[:, :1] > 0.2).float()
+    cfg = AugmentationConfig(intensity_prob=0, gamma_prob=0, noise_prob=0, smooth_prob=0, spatial_prob=0.5,
+                             flip_prob=0.5, elastic_prob=0.3, elastic_magnitude=2.0)
+    aug = BatchAugment(cfg, out_size=out_size)
+    torch.manual_seed(7)
+    out, lab = aug(image, label)
+    torch.manual_seed(7)  # the same draws, through one grid for every sample
+    grid = aug.sampling_grid(image.shape[0], image.shape[2:], image.device)
+    ref = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    ref_lab = (F.grid_sample(label, grid, mode="bilinear", padding_mode="zeros", align_corners=True) > 0.5).float()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    assert torch.equal(lab, ref_lab)
+    torch.manual_seed(7)
+    _, flips, moved = aug._affine(image.shape[0], len(shape), image.device)
+    plain = [i for i in range(image.shape[0]) if not moved[i]]
+    assert 0 < len(plain) < image.shape[0]  # both paths ran
+    window = tuple(slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip(shape, out_size or shape))
+    exact = 0
+    for i in plain:
+        expected = image[i][(slice(None), *window)].flip([1 + d for d in range(len(shape)) if flips[i, d] < 0])
+        exact += int(torch.equal(out[i], expected))  # bit for bit, unless the elastic field moved it
+    assert exact >= 1
+
+
 def test_batch_augment_rejects_mismatched_dimensions() -> None:
     with pytest.raises(ValueError, match="expects image"):
         BatchAugment()(torch.zeros(2, 3, 8))
