@@ -49,7 +49,7 @@ def _split(text: str) -> str | float:
 def build_parser() -> argparse.ArgumentParser:
     from brats_pipeline.radiogenomics.features import FEATURES
 
-    p = _Parser(prog=PROG, description="Shape features (BEVR, margin fluctuation, angular SD, ...) of tumour masks "
+    p = _Parser(prog=PROG, allow_abbrev=False, description="Shape features (BEVR, margin fluctuation, angular SD, ...) of tumour masks "
                                         "and their Fisher exact tests against genomic subtypes.")
     p.add_argument("--labels", required=True, help="datalist JSON, dataset folder, or folder of <case_id>.nii.gz label maps")
     p.add_argument("--clinical", required=True, help="CSV with the patient id column and subtype columns")
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--sectors", type=int, default=12, help="angular sectors of ASD (default 12)")
     p.add_argument("--window", type=float, default=0.1, help="MF moving-average window, fraction of the boundary (default 0.1)")
+    p.add_argument("--components", choices=("largest", "all"), default="largest",
+                   help="measure the largest connected component of each mask (default, as the published pipeline) "
+                        "or all components together")
     p.add_argument("--no-figures", action="store_true", help="tables and pages only")
     p.add_argument("--embed-images", action="store_true", help="embed the figures in report.html")
     p.add_argument("--workers", type=int, default=1, help="masks measured concurrently (threads)")
@@ -90,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.labels, args.clinical, args.out, source=args.source, truth=args.truth, task=args.task,
             id_column=args.id_column, subtypes=args.subtypes, feature_names=args.features, foreground=args.foreground,
             split=args.split, family=args.family, alpha=args.alpha, n_sectors=args.sectors, window_fraction=args.window,
-            figures=not args.no_figures, embed=args.embed_images, workers=args.workers, progress=not args.no_progress,
+            components=args.components, figures=not args.no_figures, embed=args.embed_images, workers=args.workers, progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from brats_pipeline.radiogenomics.cases import LabelCase, cohort_features, label_cases
-from brats_pipeline.radiogenomics.features import FEATURES
+from brats_pipeline.radiogenomics.features import COMPONENT_CHOICES, FEATURES
 from brats_pipeline.radiogenomics.report import (
     DEFINITIONS,
     associations_csv,
@@ -73,6 +73,7 @@ def run_radiogenomics(
     alpha: float = 0.05,
     n_sectors: int = 12,
     window_fraction: float = 0.1,
+    components: str = "largest",
     figures: bool = True,
     embed: bool = False,
     workers: int = 1,
@@ -93,6 +94,7 @@ def run_radiogenomics(
         foreground: label values making the tumour (default any nonzero label).
         split / family / alpha: dichotomisation, correction family, significance level.
         n_sectors / window_fraction: ASD sectors, MF window (fraction of the boundary).
+        components: ``"largest"`` (measure the largest connected component, default) or ``"all"``.
         figures: draw the figures (off: tables and pages only).
         embed: embed the figures in ``report.html``.
         workers: threads measuring masks.
@@ -113,13 +115,15 @@ def run_radiogenomics(
         raise ValueError(f"n_sectors must be between 2 and 120, got {n_sectors}")
     if not 0 < window_fraction < 1:
         raise ValueError(f"window_fraction must be in (0, 1), got {window_fraction}")
+    if components not in COMPONENT_CHOICES:
+        raise ValueError(f"unknown components {components!r}; choose from {', '.join(COMPONENT_CHOICES)}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     table = read_clinical(clinical, id_column, subtypes)
     cases = label_cases(labels, task)
     truth_cases = label_cases(truth, task) if truth is not None else None
     out = Path(out_dir)
-    kwargs = {"n_sectors": n_sectors, "window_fraction": window_fraction}
+    kwargs = {"n_sectors": n_sectors, "window_fraction": window_fraction, "components": components}
     feats, failed = cohort_features(cases, foreground, workers, progress, **kwargs)
     if not feats:
         raise ValueError(f"{labels}: no mask could be measured ({len(failed)} failed; first: {next(iter(failed.values()), '')})")
@@ -148,10 +152,11 @@ def run_radiogenomics(
                             ("Predicted vs manual features", "figures/pred_vs_manual.png")]
     if figures:
         figure_list = _draw_figures(out, rows, feats, table, matching, cases, feature_names, foreground, alpha, kwargs) + figure_list
-    summary = summary_markdown(rows, matching, len(feats), source, failed, alpha, family, figure_list, comparison)
+    summary = summary_markdown(rows, matching, len(feats), source, failed, alpha, family, figure_list, comparison, components)
     paths["summary"] = write_text(out / "summary.md", summary)
+    window = max(3, int(round(window_fraction * 360)) | 1)
     definitions = [d.replace("12 angular", f"{n_sectors} angular").replace("1/10 of", f"{window_fraction:g} of")
-                   for d in DEFINITIONS]
+                   .replace("37 of the 360", f"{window} of the 360") for d in DEFINITIONS]
     paths["report"] = write_text(out / "report.html", report_html(summary, figure_list, definitions, out if embed else None))
     return RadiogenomicsResult(feats, failed, rows, matching, summary, comparison, paths)
 

@@ -85,14 +85,15 @@ def plot_feature_by_subtype(
 
 
 def measure_case(label_path: str, foreground: Sequence[int] | None = None, **kwargs: Any) -> tuple[Any, ...]:
-    """``(mask, affine, ellipsoid, margin measurement)`` of one label file, for drawing."""
+    """``(measured mask, affine, ellipsoid, margin measurement)`` of one label file, for drawing
+    (the measured mask: the largest component unless ``components="all"``)."""
     from brats_pipeline.evaluation import read_label_map
-    from brats_pipeline.radiogenomics.features import foreground_mask
+    from brats_pipeline.radiogenomics.features import foreground_mask, measured_part
 
     labels, affine = read_label_map(label_path)
     mask = foreground_mask(labels, foreground)
     _, ellipsoid, margin = shape_features(mask, affine, return_measurements=True, **kwargs)
-    return mask, affine, ellipsoid, margin
+    return measured_part(mask, kwargs.get("components", "largest"))[0], affine, ellipsoid, margin
 
 
 def _draw_case(ax_img: Any, ax_prof: Any, measured: tuple[Any, ...], image_path: str | None, case_id: str, value: float,

@@ -3,7 +3,8 @@
 Definitions (Mazurowski et al., J Neuro-Oncology 2017; Czarnek et al. 2017, made explicit here):
 
 * **slice**: the slice, across the volume's *last* array axis (axial for the LGG data), with
-  the most tumour voxels; ties go to the lowest index. On it, the **largest 8-connected
+  the most tumour voxels (of the mask handed in: :func:`~.features.shape_features` hands in the
+  largest 3D component by default); ties go to the lowest index. On it, the **largest 8-connected
   component** is kept and its holes are filled (a margin is one closed outer curve).
 * **boundary**: the 0.5 iso-contour (marching squares, sub-pixel) of the component smoothed by
   a Gaussian of :data:`SIGMA` = 1 pixel (which removes the pixel staircase: a digital disc gets
@@ -13,7 +14,8 @@ Definitions (Mazurowski et al., J Neuro-Oncology 2017; Czarnek et al. 2017, made
 * **centroid**: the mean position of the component's pixel centres.
 * **radial distance** ``r(s)`` = distance from the centroid to the boundary point; ``r̄`` its mean.
 * **margin fluctuation (MF)** = std(``r - smooth(r)``) / ``r̄``, with ``smooth`` a circular moving
-  average over a window of ``window_fraction`` of the boundary length (default 1/10).
+  average (``scipy.ndimage.uniform_filter1d``, wrapping) over a window of ``window_fraction`` of
+  the boundary length, rounded to an odd number of samples (default 1/10: 37 of 360 samples).
 * **angular standard deviation (ASD)**: the plane around the centroid is cut into
   ``n_sectors`` equal angular sectors (default 12 of 30°, starting at the first in-plane axis);
   ASD = mean over sectors (with ≥ 2 boundary samples) of std(``r / r̄``) within the sector,
@@ -142,6 +144,7 @@ def margin_features(
     Raises:
         ValueError: a mask that is not 3D, or a bad parameter (naming it).
     """
+    from scipy import ndimage
     from skimage import measure
 
     mask = np.asarray(mask)
@@ -163,7 +166,6 @@ def margin_features(
     if comp.sum() < min_pixels:
         return None
     frame = _inplane_frame(affine)
-    from scipy import ndimage
     soft = ndimage.gaussian_filter(np.pad(comp, 4).astype(np.float64), SIGMA)
     contours = measure.find_contours(soft, 0.5)
     outline = max(contours, key=len) - 4.0
@@ -174,9 +176,7 @@ def margin_features(
     radial = np.linalg.norm(rel, axis=1)
     mean_r = float(radial.mean())
     window = max(3, int(round(window_fraction * n_samples)) | 1)  # odd, centred
-    kernel = np.ones(window) / window
-    half = window // 2
-    smoothed = np.convolve(np.concatenate([radial[-half:], radial, radial[:half]]), kernel, mode="valid")
+    smoothed = ndimage.uniform_filter1d(radial, window, mode="wrap")  # circular moving average
     mf = float(np.std(radial - smoothed) / mean_r)
     angles = np.arctan2(rel[:, 1], rel[:, 0]) % (2 * np.pi)
     width = 2 * np.pi / n_sectors

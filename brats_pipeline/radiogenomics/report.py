@@ -17,8 +17,8 @@ import numpy as np
 
 from brats_pipeline.radiogenomics.features import FEATURE_LABELS
 
-FEATURE_COLUMNS = ("case_id", "patient_id", "n_voxels", "volume_ml", "bevr", "solidity", "n_components", "slice_index",
-                   "mf", "asd", "circularity", "elongation")
+FEATURE_COLUMNS = ("case_id", "patient_id", "n_voxels", "volume_ml", "bevr", "solidity", "n_components", "kept_fraction",
+                   "slice_index", "mf", "asd", "circularity", "elongation")
 ASSOCIATION_COLUMNS = ("feature", "subtype", "n", "n_missing_subtype", "n_missing_feature", "threshold", "levels",
                        "table", "p", "p_bonferroni", "p_holm")
 
@@ -89,6 +89,7 @@ def summary_markdown(
     family: str = "feature",
     figures: Sequence[tuple[str, str]] = (),
     comparison: Sequence[Mapping[str, Any]] | None = None,
+    components: str = "largest",
 ) -> str:
     """The printed summary: counts, the p-value table, the top associations, figure links."""
     n_matched = len(matching["matched"])
@@ -96,7 +97,8 @@ def summary_markdown(
     family_text = "per feature (over the subtype columns)" if family == "feature" else "over all tests"
     lines = [
         f"# Radiogenomics: tumour shape vs genomic subtype ({source} masks)", "",
-        f"{n_cases} case(s) measured, {n_matched} matched to a patient of the clinical table"
+        f"{n_cases} case(s) measured ({'the largest connected component' if components == 'largest' else 'all components'}"
+        f" of each mask), {n_matched} matched to a patient of the clinical table"
         f" ({len(matching['unmatched_cases'])} unmatched case(s), {len(matching['patients_without_case'])} patient(s) without a case"
         f"{f', {len(failed)} case(s) failed' if failed else ''}). {n_tests} Fisher exact tests (feature split at the median of the"
         f" test's patients vs subtype level); Bonferroni/Holm adjusted {family_text}. `*` p < {alpha}, `**` Bonferroni-adjusted"
@@ -186,15 +188,17 @@ def report_html(summary_md: str, figures: Sequence[tuple[str, str]], definitions
 
 
 DEFINITIONS = (
-    "Tumour: every voxel with a label in the foreground set (default any nonzero label), all connected components together.",
+    "Tumour: every voxel with a label in the foreground set (default any nonzero label); of it, the largest "
+    "26-connected component is measured (as the published pipeline does), or with --components all every component "
+    "together; n_components counts the mask's components, kept_fraction the share of its voxels measured.",
     "BEVR: voxel count / volume of the minimum-volume enclosing ellipsoid of the union of the voxel cubes (Khachiyan's "
     "algorithm on the convex-hull vertices among the boundary voxels' corners), in index space; affine-invariant.",
     "Solidity: voxel count / volume of the convex hull of the same corners; affine-invariant.",
     "2D features on the slice (across the last array axis) with the most tumour voxels, largest 8-connected component, "
     "holes filled, boundary = 0.5 iso-contour of the component smoothed by a Gaussian of 1 pixel, 360 samples equally "
     "spaced by arc length (mm from the affine's in-plane columns).",
-    "MF: std(r - moving average of r over 1/10 of the boundary) / mean r, r = distance from the centroid of the "
-    "component's pixels to the boundary.",
+    "MF: std(r - circular moving average of r over 1/10 of the boundary, 37 of the 360 samples) / mean r, r = distance "
+    "from the centroid of the component's pixels to the boundary.",
     "ASD: mean over 12 angular sectors of std(r / mean r) within the sector, averaged over 4 rotations of the sector grid.",
     "Circularity 4πA/P² and elongation √(λmin/λmax) of the pixel-centre covariance, on the same slice.",
     "Volume in ml by the affine (for the LGG data, identity affine: voxel count / 1000).",
