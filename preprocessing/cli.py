@@ -37,6 +37,7 @@ class UsageError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brats-preprocess",
+        allow_abbrev=False,
         description="ITK preprocessing: N4 bias correction, reorientation, rigid alignment to a reference "
         "modality, resampling, cropping and z-score normalisation; batch, parallel and resumable.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -230,19 +231,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"brats-preprocess: error: {exc}", file=sys.stderr)
         return 2
 
-    result = run_batch(
-        cases,
-        config,
-        args.output,
-        workers=args.workers,
-        threads=args.threads,
-        shard=shard,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        bad_inputs=bad,
-        datalist_header=header,
-        skipped_inputs=skipped,
-    )
+    try:
+        result = run_batch(
+            cases,
+            config,
+            args.output,
+            workers=args.workers,
+            threads=args.threads,
+            shard=shard,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            bad_inputs=bad,
+            datalist_header=header,
+            skipped_inputs=skipped,
+        )
+    except OSError as exc:  # the manifest or datalist could not be written (a full disk): the message names the file
+        print(f"brats-preprocess: error: {exc}", file=sys.stderr)
+        return 1
     counts = {s: sum(r.status == s for r in result.statuses) for s in ("ok", "skipped", "failed")}
     print(
         f"brats-preprocess: {counts['ok']} done, {counts['skipped']} already finished, {counts['failed']} failed; "

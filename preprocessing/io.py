@@ -97,7 +97,30 @@ def read_geometry(path: str | os.PathLike, ndim: Sequence[int] = (3,)) -> Geomet
         raise ImageFileError(path, f"expected a {' or '.join(f'{n}D' for n in ndim)} image, got shape {shape}")
     if any(s == 0 for s in shape):
         raise ImageFileError(path, f"empty image, shape {shape}")
+    _check_data_size(path, img)
     return Geometry(str(path), shape, np.asarray(img.affine, dtype=np.float64))
+
+
+#: No deflate stream (``.nii.gz``) expands more than 1032-fold (RFC 1951: 258 bytes per 2-bit code at best).
+_MAX_GZIP_RATIO = 1033
+
+
+def _check_data_size(path: Path, img: Any) -> None:
+    """Raise if a NIfTI header's dimensions imply more voxel data than the file can hold (a corrupt header)."""
+    name, size = path.name.lower(), path.stat().st_size
+    dims, dtype = tuple(int(s) for s in img.header.get_data_shape()), img.header.get_data_dtype()
+    needed = int(np.prod(dims, dtype=object)) * dtype.itemsize
+    room = size * _MAX_GZIP_RATIO if name.endswith(".gz") else size - int(getattr(img.dataobj, "offset", 0))
+    if name.endswith(NIFTI_SUFFIXES) and needed > room:
+        holds = f"at most {_bytes(room)} once decompressed" if name.endswith(".gz") else f"{_bytes(max(room, 0))} after the header"
+        raise ImageFileError(path, f"truncated or corrupt file: the header's dimensions {dims} of {dtype.name} imply "
+                             f"{_bytes(needed)} of voxel data, but the file ({_bytes(size)}) holds {holds}")
+
+
+def _bytes(n: int) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    power = min(max(n, 1).bit_length() - 1, 69) // 10
+    return f"{n} bytes" if power == 0 else f"{n / 1024 ** power:.3g} {'KMGTPE'[power - 1]}iB"
 
 
 def read_array(
@@ -119,7 +142,7 @@ def read_array(
     try:
         data = np.asarray(nib.load(str(path)).dataobj, dtype=dtype)
     except Exception as exc:  # EOFError, zlib.error, OSError ... depending on where the file ends
-        raise ImageFileError(path, f"truncated or corrupt image data ({type(exc).__name__}: {exc})") from exc
+        raise ImageFileError(path, f"truncated or corrupt image data ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
     data = data.reshape(geometry.shape)
     if check_finite and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
@@ -491,11 +514,25 @@ def check_same_grid(images: Mapping[str, Any], paths: Mapping[str, str] | None =
 
 
 def write_image(image: Any, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write a SimpleITK image atomically; the format follows the suffix (``.nii.gz``, ``.nrrd``, ``.mha``)."""
+    """Write a SimpleITK image atomically; the format follows the suffix (``.nii.gz``, ``.nrrd``, ``.mha``).
+
+    ITK reports no error when the disk fills up: a NIfTI file is checked whole before it is renamed
+    into place, else ``OSError`` names ``path``.
+    """
+    import errno
+    import shutil
+
     import SimpleITK as sitk
 
     if image_suffix(path) not in WRITE_SUFFIXES:
         raise ValueError(f"{path}: unsupported output type; choose one of {WRITE_SUFFIXES}")
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
+        try:
+            _check_nifti_data(tmp, check_finite=False) if image_suffix(path) in NIFTI_SUFFIXES else None
+        except ImageFileError as exc:
+            free = shutil.disk_usage(tmp.parent).free
+            if free < (1 << 20):
+                raise OSError(errno.ENOSPC, f"No space left on device while writing ({_bytes(free)} free)", str(path)) from exc
+            raise OSError(errno.EIO, f"written incompletely ({exc.problem})", str(path)) from exc
     return Path(path)

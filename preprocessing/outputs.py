@@ -52,6 +52,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary name (module docstring) keeps the file's suffix (``.nii.gz``) so writers pick
     the right format. On error the temporary file is removed and ``path`` is untouched.
+
+    Raises:
+        OSError: writing failed (a full disk: ``[Errno 28] No space left on device``); an error
+            that names no file, or only the temporary one, is raised again naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp_path.exists():  # mkstemp creates 0600 files; give the result the usual umask permissions
             os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
+    except OSError as exc:  # a write error names no file (ENOSPC from write()): name the output being written
+        if exc.errno is None or exc.filename not in (None, tmp, str(tmp_path)):
+            raise
+        raise type(exc)(exc.errno, f"{exc.strerror or exc} while writing", str(path)) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

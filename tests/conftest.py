@@ -54,3 +54,59 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def brats_cohort():
+    """A factory: ``make(root, n=2)`` writes ``n`` labelled brats2021 phantoms (32³) under ``root/data``
+    and their datalist ``root/dl.json``; returns ``(datalist path, datalist)``."""
+    def make(root: Path, n: int = 2) -> tuple[Path, dict]:
+        from brats_pipeline.data.datalist import build_datalist, write_datalist
+        from brats_pipeline.data.synthetic import write_cohort
+
+        write_cohort(root / "data", "brats2021", n, (32, 32, 32), seed=0)
+        datalist = build_datalist(root / "data", "brats2021", folds=n, check="none")
+        write_datalist(datalist, root / "dl.json")
+        return root / "dl.json", datalist
+
+    return make
+
+
+#: The tiny 3D U-Net of the hostile-input tests' bundle.
+TINY_UNET3D = {"features": [4, 4, 8, 16, 32, 4]}
+
+
+@pytest.fixture(scope="session")
+def make_tiny_bundle():
+    """A factory: ``make(dest, weights=True)`` copies ``bundles/brats_unet3d_segmentation`` to ``dest``
+    with a tiny network and a 32³ roi, and (untrained, seeded) weights in ``models/model.pt``."""
+    def make(dest: Path, weights: bool = True) -> Path:
+        import json
+        import shutil
+
+        import torch
+
+        from brats_pipeline.networks import build_network
+
+        bundle = dest / "brats_unet3d_segmentation"
+        shutil.copytree(REPO_ROOT / "bundles" / bundle.name, bundle, ignore=shutil.ignore_patterns("*.pt", "*.ts", "runs", "eval"))
+        for name in ("inference.json", "train.json"):
+            path = bundle / "configs" / name
+            config = json.loads(path.read_text(encoding="utf-8"))
+            config["network_def"].update(TINY_UNET3D)
+            config["roi_size"] = [32, 32, 32]
+            path.write_text(json.dumps(config, indent=4), encoding="utf-8")
+        if weights:
+            torch.manual_seed(0)
+            network = build_network("unet3d", 4, 3, spatial_dims=3, **TINY_UNET3D)
+            (bundle / "models").mkdir(exist_ok=True)
+            torch.save(network.state_dict(), bundle / "models" / "model.pt")
+        return bundle
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(make_tiny_bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny brats2021 bundle of :func:`make_tiny_bundle`, once per module."""
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle"))

@@ -42,15 +42,6 @@ PREPROCESS_ARGS = ["--no-n4", "--no-register", "--spacing", "2", "2", "2", "--no
 
 
 # ------------------------------------------------------------------------------------ fixtures
-def _cohort(root: Path, n: int = 2) -> tuple[Path, dict]:
-    """``n`` labelled brats2021 phantoms (32^3) under ``root/data`` and their datalist ``root/dl.json``."""
-    from brats_pipeline.data.datalist import build_datalist, write_datalist
-    from brats_pipeline.data.synthetic import write_cohort
-
-    write_cohort(root / "data", "brats2021", n, (32, 32, 32), seed=0)
-    datalist = build_datalist(root / "data", "brats2021", folds=n, check="none")
-    write_datalist(datalist, root / "dl.json")
-    return root / "dl.json", datalist
 
 
 def _write_datalist(path: Path, datalist: dict, **edits: object) -> Path:
@@ -108,8 +99,8 @@ def _bad_ids(tmp_path: Path, datalist: dict) -> list[str]:
 
 
 def test_infer_refuses_case_ids_that_are_not_safe_file_names(tmp_path: Path, ckpt: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    dl_path, datalist = _cohort(tmp_path)
+                                                             capsys: pytest.CaptureFixture[str], brats_cohort) -> None:
+    dl_path, datalist = brats_cohort(tmp_path)
     before = _tree(tmp_path / "data")
     for bad in _bad_ids(tmp_path, datalist):
         entry = {**datalist["training"][0], "case_id": bad}
@@ -123,10 +114,10 @@ def test_infer_refuses_case_ids_that_are_not_safe_file_names(tmp_path: Path, ckp
     assert {p.name for p in tmp_path.iterdir()} <= {"data", "dl.json", "hostile.json", "out"}  # nothing escaped
 
 
-def test_bundle_case_reader_and_label_writer_refuse_unsafe_ids(tmp_path: Path) -> None:
+def test_bundle_case_reader_and_label_writer_refuse_unsafe_ids(tmp_path: Path, brats_cohort) -> None:
     from brats_pipeline.bundle.inference import LabelWriter, inference_cases
 
-    _, datalist = _cohort(tmp_path, n=1)
+    _, datalist = brats_cohort(tmp_path, n=1)
     entry = {**datalist["training"][0], "case_id": "../../escaped"}
     hostile = _write_datalist(tmp_path / "hostile.json", datalist, training=[entry])
     with pytest.raises(ValueError, match=r"hostile\.json.*'\.\./\.\./escaped'.*safe file name"):
@@ -142,8 +133,8 @@ def test_bundle_case_reader_and_label_writer_refuse_unsafe_ids(tmp_path: Path) -
 
 
 def test_preprocess_refuses_case_ids_that_are_not_safe_file_names(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    _, datalist = _cohort(tmp_path, n=1)
+                                                                 capsys: pytest.CaptureFixture[str], brats_cohort) -> None:
+    _, datalist = brats_cohort(tmp_path, n=1)
     before = _tree(tmp_path / "data")
     for bad in _bad_ids(tmp_path, datalist):
         hostile = _write_datalist(tmp_path / "hostile.json", datalist, training=[{**datalist["training"][0], "case_id": bad}])
@@ -154,8 +145,8 @@ def test_preprocess_refuses_case_ids_that_are_not_safe_file_names(tmp_path: Path
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.nii.gz"))
 
 
-def test_a_dataset_folder_with_an_unsafe_case_folder_name_reports_that_case(tmp_path: Path, ckpt: Path) -> None:
-    _cohort(tmp_path, n=2)
+def test_a_dataset_folder_with_an_unsafe_case_folder_name_reports_that_case(tmp_path: Path, ckpt: Path, brats_cohort) -> None:
+    brats_cohort(tmp_path, n=2)
     (tmp_path / "data" / "BraTS2021_00001").rename(tmp_path / "data" / "BraTS2021 00001")
     out = tmp_path / "out"
     assert infer_main(["-i", str(tmp_path / "data"), "--task", "brats2021", "-o", str(out), "--checkpoint", str(ckpt),
@@ -169,8 +160,8 @@ def test_a_dataset_folder_with_an_unsafe_case_folder_name_reports_that_case(tmp_
 # ---------------------------------------------------------------------- 2. duplicate ids
 @pytest.mark.parametrize("tool", ["preprocess", "infer"])
 def test_duplicate_case_ids_are_a_usage_error_naming_both_entries(tool: str, tmp_path: Path, ckpt: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    _, datalist = _cohort(tmp_path)
+                                                                  capsys: pytest.CaptureFixture[str], brats_cohort) -> None:
+    _, datalist = brats_cohort(tmp_path)
     first, second = datalist["training"]
     hostile = _write_datalist(tmp_path / "hostile.json", datalist, training=[first, {**second, "case_id": first["case_id"]}])
     out = tmp_path / "out"
@@ -186,8 +177,8 @@ def test_duplicate_case_ids_are_a_usage_error_naming_both_entries(tool: str, tmp
 
 
 def test_infer_duplicate_ids_derived_from_file_names_are_a_usage_error(tmp_path: Path, ckpt: Path,
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    _, datalist = _cohort(tmp_path, n=1)
+                                                                       capsys: pytest.CaptureFixture[str], brats_cohort) -> None:
+    _, datalist = brats_cohort(tmp_path, n=1)
     image = datalist["training"][0]["image"]
     hostile = _write_datalist(tmp_path / "hostile.json", datalist, training=[{"image": image}, {"image": image}])
     assert _infer(hostile, tmp_path / "out", ckpt) == 2
@@ -203,8 +194,8 @@ def _replace_keeping_mtime(victim: Path, source: Path) -> None:
     os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def test_infer_redoes_cases_whose_inputs_or_model_changed(tmp_path: Path, ckpt: Path) -> None:
-    dl_path, datalist = _cohort(tmp_path)
+def test_infer_redoes_cases_whose_inputs_or_model_changed(tmp_path: Path, ckpt: Path, brats_cohort) -> None:
+    dl_path, datalist = brats_cohort(tmp_path)
     (a, b), out = (e["case_id"] for e in datalist["training"]), tmp_path / "out"
     manifest = out / "manifest.json"
     assert _infer(dl_path, out, ckpt) == 0
@@ -231,8 +222,8 @@ def test_infer_redoes_cases_whose_inputs_or_model_changed(tmp_path: Path, ckpt: 
     assert _rows(manifest) == {a: "skipped", b: "skipped"}
 
 
-def test_preprocess_redoes_a_case_whose_input_file_was_replaced(tmp_path: Path) -> None:
-    dl_path, datalist = _cohort(tmp_path)
+def test_preprocess_redoes_a_case_whose_input_file_was_replaced(tmp_path: Path, brats_cohort) -> None:
+    dl_path, datalist = brats_cohort(tmp_path)
     (a, b), out = (e["case_id"] for e in datalist["training"]), tmp_path / "out"
     assert preprocess_main(["-i", str(dl_path), "-o", str(out), *PREPROCESS_ARGS]) == 0
     first = (out / a / f"{a}_t1.nii.gz").read_bytes()
@@ -270,8 +261,8 @@ def _killed_writer_leftover(target: Path) -> Path:
     return leftover
 
 
-def test_infer_removes_the_temporary_file_of_a_killed_run(tmp_path: Path, ckpt: Path) -> None:
-    dl_path, datalist = _cohort(tmp_path)
+def test_infer_removes_the_temporary_file_of_a_killed_run(tmp_path: Path, ckpt: Path, brats_cohort) -> None:
+    dl_path, datalist = brats_cohort(tmp_path)
     out = tmp_path / "out"
     leftover = _killed_writer_leftover(out / f"{datalist['training'][0]['case_id']}.nii.gz")
     live = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_WRITER), str(out / "other.nii.gz"), "live"],
@@ -289,8 +280,8 @@ def test_infer_removes_the_temporary_file_of_a_killed_run(tmp_path: Path, ckpt: 
         [f"{e['case_id']}.nii.gz" for e in datalist["training"]] + ["manifest.json"])
 
 
-def test_preprocess_removes_the_temporary_file_of_a_killed_run(tmp_path: Path) -> None:
-    dl_path, datalist = _cohort(tmp_path, n=1)
+def test_preprocess_removes_the_temporary_file_of_a_killed_run(tmp_path: Path, brats_cohort) -> None:
+    dl_path, datalist = brats_cohort(tmp_path, n=1)
     case_id, out = datalist["training"][0]["case_id"], tmp_path / "out"
     leftovers = [_killed_writer_leftover(out / case_id / f"{case_id}_t1.nii.gz"), _killed_writer_leftover(out / "manifest.csv")]
     assert preprocess_main(["-i", str(dl_path), "-o", str(out), *PREPROCESS_ARGS]) == 0
@@ -315,8 +306,8 @@ def test_old_style_temporary_files_are_removed_once_a_day_old(tmp_path: Path) ->
 @pytest.mark.parametrize("tool", ["infer", "preprocess"])
 @pytest.mark.parametrize("where", ["a file", "under a file", "read-only"])
 def test_an_output_folder_that_cannot_be_written_is_a_usage_error(tool: str, where: str, tmp_path: Path, ckpt: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    dl_path, _ = _cohort(tmp_path, n=1)
+                                                                  capsys: pytest.CaptureFixture[str], brats_cohort) -> None:
+    dl_path, _ = brats_cohort(tmp_path, n=1)
     (tmp_path / "afile").write_text("not a folder")
     if where == "read-only" and os.geteuid() != 0:
         out = tmp_path / "ro"
@@ -342,37 +333,12 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_UNET3D = {"features": [4, 4, 8, 16, 32, 4]}
 
 
-def _tiny_bundle(dest: Path, weights: bool = True) -> Path:
-    """``bundles/brats_unet3d_segmentation`` copied to ``dest`` with a tiny network, a 32^3 roi and (untrained) weights."""
-    import torch
-
-    from brats_pipeline.networks import build_network
-
-    bundle = dest / "brats_unet3d_segmentation"
-    shutil.copytree(REPO / "bundles" / bundle.name, bundle, ignore=shutil.ignore_patterns("*.pt", "*.ts", "runs", "eval"))
-    for name in ("inference.json", "train.json"):
-        path = bundle / "configs" / name
-        config = json.loads(path.read_text(encoding="utf-8"))
-        config["network_def"].update(TINY_UNET3D)
-        config["roi_size"] = [32, 32, 32]
-        path.write_text(json.dumps(config, indent=4), encoding="utf-8")
-    if weights:
-        torch.manual_seed(0)
-        network = build_network("unet3d", 4, 3, spatial_dims=3, **TINY_UNET3D)
-        (bundle / "models").mkdir(exist_ok=True)
-        torch.save(network.state_dict(), bundle / "models" / "model.pt")
-    return bundle
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.mark.parametrize("model", ["checkpoint", "bundle"])
 def test_infer_refuses_a_task_other_than_the_models(model: str, tmp_path: Path, ckpt: Path, tiny_bundle: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    dl_path, _ = _cohort(tmp_path, n=1)
+                                                    capsys: pytest.CaptureFixture[str], brats_cohort) -> None:
+    dl_path, _ = brats_cohort(tmp_path, n=1)
     out = tmp_path / "out"
     source = ["--checkpoint", str(ckpt)] if model == "checkpoint" else ["--bundle", str(tiny_bundle)]
     common = ["-i", str(dl_path), "-o", str(out), *source, "--device", "cpu", "--no-progress"]
@@ -417,10 +383,10 @@ def _poison(path: Path) -> None:
     nib.save(nib.Nifti1Image(data, image.affine), str(path))
 
 
-def test_infer_fails_a_case_with_an_empty_modality_naming_the_file(tmp_path: Path, ckpt: Path) -> None:
+def test_infer_fails_a_case_with_an_empty_modality_naming_the_file(tmp_path: Path, ckpt: Path, brats_cohort) -> None:
     from brats_pipeline.bundle import stack_modalities
 
-    dl_path, datalist = _cohort(tmp_path, n=3)
+    dl_path, datalist = brats_cohort(tmp_path, n=3)
     first, second, third = datalist["training"]
     flair = Path(first["image"][3])
     _blank(flair)
@@ -440,12 +406,12 @@ def test_infer_fails_a_case_with_an_empty_modality_naming_the_file(tmp_path: Pat
     assert not (out / f"{first['case_id']}.nii.gz").exists()
 
 
-def test_bundle_fails_a_case_with_an_empty_modality_naming_the_file(tmp_path: Path, tiny_bundle: Path) -> None:
+def test_bundle_fails_a_case_with_an_empty_modality_naming_the_file(tmp_path: Path, tiny_bundle: Path, brats_cohort) -> None:
     from monai.bundle import run
 
     from brats_pipeline.bundle import root_cause
 
-    _, datalist = _cohort(tmp_path, n=3)
+    _, datalist = brats_cohort(tmp_path, n=3)
     empty, nan, good = datalist["training"]
     flair, t1 = Path(empty["image"][3]), Path(nan["image"][1])
     _blank(flair)
@@ -486,10 +452,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the workers in /proc (Linux)")
-def test_kill_9_of_preprocess_takes_its_workers_with_it(tmp_path: Path) -> None:
+def test_kill_9_of_preprocess_takes_its_workers_with_it(tmp_path: Path, brats_cohort) -> None:
     import time
 
-    dl_path, _ = _cohort(tmp_path, n=4)
+    dl_path, _ = brats_cohort(tmp_path, n=4)
     out = tmp_path / "out"
     script = "import sys; from preprocessing.cli import main; sys.exit(main(sys.argv[1:]))"
     slow_n4 = ["--no-register", "--spacing", "1", "1", "1", "--n4-shrink", "1", "--n4-iterations", "50", "50", "50"]
@@ -536,10 +502,10 @@ def test_die_with_parent_arms_the_parent_death_signal_or_a_watcher() -> None:
 
 # ------------------------------------------- 11. misspelt bundle overrides, a corrupt model.pt
 def test_bundle_run_refuses_an_override_that_names_no_key(tmp_path: Path, tiny_bundle: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                                         capsys: pytest.CaptureFixture[str], brats_cohort) -> None:
     from brats_pipeline.cli.bundle import main as bundle_main
 
-    _cohort(tmp_path, n=1)
+    brats_cohort(tmp_path, n=1)
     config = str(tiny_bundle / "configs" / "inference.json")
     common = ["run", "--config_file", config, "--bundle_root", str(tiny_bundle), "--dataset_dir", str(tmp_path / "data"),
               "--device", "cpu", "--logging_file", "False"]
@@ -567,16 +533,16 @@ def test_check_overrides_follows_nested_ids_and_merged_configs(tiny_bundle: Path
         check_overrides(str(tiny_bundle / "configs" / "inference.json"), {"postprocessing#transforms#9#keys": "x"})
 
 
-def test_a_corrupt_model_pt_is_named(tmp_path: Path) -> None:
+def test_a_corrupt_model_pt_is_named(tmp_path: Path, brats_cohort, make_tiny_bundle) -> None:
     import torch
 
     from brats_pipeline.bundle import load_network
     from brats_pipeline.networks import build_network
 
-    bundle = _tiny_bundle(tmp_path)
+    bundle = make_tiny_bundle(tmp_path)
     model = bundle / "models" / "model.pt"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # an interrupted copy
-    _cohort(tmp_path, n=1)
+    brats_cohort(tmp_path, n=1)
     done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
                            "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"), "--device", "cpu"],
                           cwd=bundle, capture_output=True, text=True, timeout=300)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from brats_pipeline.bundle.input_checks import CheckChannelsd, SourceFilesd
+from brats_pipeline.bundle.input_checks import CheckChannelsd
 from brats_pipeline.constants import Task, get_task
 from preprocessing.identity import check_case_id, check_case_ids
 
@@ -55,22 +55,24 @@ def inference_preprocessing(
 ) -> Any:
     """The training's deterministic transforms for ``image`` only, with input checks around the loader.
 
-    :class:`SourceFilesd` keeps the file names, and :class:`CheckChannelsd` after loading fails
-    a case, naming the file, for a wrong number of modalities, NaN/Inf or a constant (empty) modality.
+    Their header checks name the file for a missing, 2D/4D or corrupt file and modalities on different
+    grids (:mod:`brats_pipeline.data.input_files`); :class:`CheckChannelsd` after loading fails a case,
+    naming the file, for a wrong number of modalities, NaN/Inf or a constant (empty) modality.
 
-    Starts with MONAI's ``LoadImaged`` (MONAI Label swaps it for its own loader) and keeps every
+    Loads with a MONAI ``LoadImaged`` (MONAI Label wraps it in its own loader) and keeps every
     spatial step invertible, so ``Invertd`` in the postprocessing returns predictions to the
     input's grid. Args as in :func:`brats_pipeline.data.transforms.deterministic_transforms`;
     leave ``spacing`` unset for data already on a 1 mm grid (MONAI >= 1.6 ``Spacingd`` fails
     inside MONAI Label).
     """
-    from monai.transforms import Compose
+    from monai.transforms import Compose, LoadImaged
 
     from brats_pipeline.data.transforms import deterministic_transforms
 
     steps = list(deterministic_transforms(task, with_label=False, spacing=spacing, orientation=orientation,
                                           crop_foreground=crop_foreground).transforms)
-    return Compose([SourceFilesd("image"), steps[0], CheckChannelsd("image", task), *steps[1:]])
+    after_load = next(i for i, t in enumerate(steps) if isinstance(t, LoadImaged)) + 1
+    return Compose([*steps[:after_load], CheckChannelsd("image", task), *steps[after_load:]])
 
 
 class RegionsToLabelsd:
@@ -129,9 +131,11 @@ def inference_cases(
     """Cases to predict: ``{"case_id", "image"[, "label"]}``.
 
     Sources, first match wins: the ``datalist`` file (every case: ``training``, then
-    ``testing``); ``dataset_dir/datalist.json``; NIfTI files directly in ``dataset_dir`` (each
-    a 4D stacked case, MSD style, named by its file); case folders in the task's layout under
-    ``dataset_dir`` (per-modality files).
+    ``testing``); ``dataset_dir/datalist.json``; else the NIfTI files directly in ``dataset_dir``
+    (each a 4D stacked case, MSD style, named by its file) and the case folders in the task's
+    layout under ``dataset_dir`` (per-modality files), both. A case folder that cannot be used
+    (a missing modality, an unsafe name) keeps its ``problem`` (``"<file>: <what>"``), which
+    :class:`BundleRunner` reports as that case's failure.
 
     Args:
         dataset_dir: folder (see above).
@@ -167,14 +171,18 @@ def inference_cases(
             raise ValueError(f"fold={fold} needs a datalist with folds; {dataset_dir} has no datalist.json")
         root = Path(dataset_dir)
         files = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
-        if files:
-            cases = [{"case_id": strip_nifti_suffix(p.name), "image": str(p)} for p in files]
-        else:
-            cases = [{"case_id": c.case_id, "image": c.image, **({"label": c.label} if c.label else {})}
-                     for c in discover_cases(root, task)]
+        cases = [{"case_id": strip_nifti_suffix(p.name), "image": str(p)} for p in files]
+        try:  # case folders too: a stray file beside them is one more case, failing by name if it is no stacked input
+            found = discover_cases(root, task)
+        except ValueError:  # no case folder: stacked files only (MSD style)
+            if not cases:
+                raise
+            found = []
+        cases += [{"case_id": c.case_id, "image": c.image, **({"label": c.label} if c.label else {}),
+                   **({"problem": f"{c.problem_file}: {c.problem}"} if c.problem else {})} for c in found]
         where = str(root)
     cases = [dict(c) for c in cases if c.get("label") or not labelled]
-    check_case_ids(((case_id_of(c), f"the case of {image_files(c)[0]}") for c in cases), where)
+    check_case_ids(((case_id_of(c), f"the case of {image_files(c)[0]}") for c in cases if not c.get("problem")), where)
     if not cases:
         raise ValueError(f"{where}: no {'labelled ' if labelled else ''}cases found"
                          + (f" in fold {fold}" if fold is not None else ""))
@@ -276,8 +284,14 @@ class CaseScorer:
 
 
 def root_cause(exc: BaseException) -> BaseException:
-    """The innermost cause of ``exc`` (MONAI wraps a transform's error in ``RuntimeError("applying transform ...")``)."""
-    while exc.__cause__ is not None:
+    """The innermost cause of ``exc`` (MONAI wraps a transform's error in ``RuntimeError("applying transform ...")``).
+
+    An error naming a file (:class:`preprocessing.io.ImageFileError`) is the cause as reported, not
+    the library's error under it (nibabel's ``EOFError`` of a truncated file names none).
+    """
+    from preprocessing.io import ImageFileError
+
+    while exc.__cause__ is not None and not isinstance(exc, ImageFileError):
         exc = exc.__cause__
     return exc
 
@@ -354,6 +368,8 @@ class BundleRunner:
         for i, case in enumerate(cases):
             case_id = case_id_of(case)
             try:
+                if case.get("problem"):  # found unusable by inference_cases (a missing modality ...)
+                    raise ValueError(case["problem"])
                 if (out := self.writer.path_for(case)).exists() and not self.overwrite:  # an unsafe id fails here
                     label, status = read_array(out, dtype=np.uint8)[0], "skipped"
                 else:

@@ -2,7 +2,8 @@
 
 MONAI's ``LoadImaged`` stacks a case's modality files into one ``C×X×Y×Z`` image whose meta
 data names only the first file, so a check after loading could blame T1c for an empty FLAIR.
-:class:`SourceFilesd` keeps the file names before loading; :class:`CheckChannelsd` then checks,
+:class:`~brats_pipeline.data.input_files.SourceFilesd` (the first of the deterministic transforms,
+with the header checks) keeps the file names before loading; :class:`CheckChannelsd` then checks,
 channel by channel, the number of modalities, NaN/Inf voxels and constant channels (an
 all-zero modality is an empty scan: predicting from it gives a confident, silent wrong answer)
 and names that channel's own file.
@@ -10,35 +11,11 @@ and names that channel's own file.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from brats_pipeline.constants import Task, get_task
-
-#: Suffix of the key under which :class:`SourceFilesd` keeps a key's file names (``image`` -> ``image_files``).
-SOURCES_SUFFIX = "_files"
-
-
-class SourceFilesd:
-    """Before loading: keep the file name(s) of each key under ``<key>_files`` (a list of strings).
-
-    Values that are not file names (an image already in memory, as MONAI Label may pass) are left
-    alone and keep no names.
-    """
-
-    def __init__(self, keys: str | Sequence[str]) -> None:
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.keys:
-            value = d.get(key)
-            if isinstance(value, (str, os.PathLike)):
-                d[f"{key}{SOURCES_SUFFIX}"] = [str(value)]
-            elif isinstance(value, Sequence) and value and all(isinstance(v, (str, os.PathLike)) for v in value):
-                d[f"{key}{SOURCES_SUFFIX}"] = [str(v) for v in value]
-        return d
+from brats_pipeline.data.input_files import SOURCES_SUFFIX, SourceFilesd  # noqa: F401  (re-exported: they lived here)
 
 
 class CheckChannelsd:

@@ -72,7 +72,8 @@ def load_cases(
     """The dataset's datalist: ``datalist`` if that file exists, else discovered in ``dataset_dir``.
 
     A discovered datalist (5 patient-level folds, fewer for fewer patients; seed 0; header
-    checks) is written to ``output_dir/datalist.json`` so that the folds of a run are on record.
+    checks) is written to ``output_dir/datalist.json`` so that the folds of a run are on record;
+    a case that fails the checks is left out with a warning naming its file and the problem.
 
     Raises:
         FileNotFoundError: neither the datalist file nor the dataset folder exists.
@@ -94,6 +95,8 @@ def load_cases(
         )
     labelled = {task.patient_id(c.case_id) for c in discover_cases(dataset_dir, task) if c.label}
     built = build_datalist(dataset_dir, task, folds=max(1, min(5, len(labelled))), seed=0, check="header")
+    for skipped in built.get("skipped", []):  # a case that cannot be used is left out, by name
+        logger.warning("%s: case %s left out: %s: %s", dataset_dir, skipped["case_id"], skipped["file"], skipped["reason"])
     if output_dir:
         path = write_datalist(built, Path(output_dir) / "datalist.json")
         logger.info("discovered %d labelled cases in %s; folds written to %s", built["numTraining"], dataset_dir, path)

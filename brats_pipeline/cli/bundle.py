@@ -20,33 +20,34 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "bundles"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brats-bundle", description="MONAI bundle tools for brats-pipeline.")
+    parser = argparse.ArgumentParser(prog="brats-bundle", description="MONAI bundle tools for brats-pipeline.",
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("run", help="python -m monai.bundle run, with every override checked against the config "
+    sub.add_parser("run", allow_abbrev=False, help="python -m monai.bundle run, with every override checked against the config "
                    "(a misspelt --ouput_dir is an error naming the closest key); same arguments", add_help=False)
 
-    exp = sub.add_parser("export", help="copy a Lightning checkpoint's network weights into <bundle>/models/model.pt")
+    exp = sub.add_parser("export", allow_abbrev=False, help="copy a Lightning checkpoint's network weights into <bundle>/models/model.pt")
     exp.add_argument("--checkpoint", required=True, help="Lightning .ckpt (brats-train or the bundle's training)")
     exp.add_argument("--bundle", required=True, help="bundle folder (with configs/inference.json)")
     exp.add_argument("--datalist", help="also validate on --fold of this datalist and record per-region Dice/HD95")
     exp.add_argument("--fold", type=int, default=0, help="validation fold for --datalist (default 0)")
     exp.add_argument("--device", default="cpu", help="device for the validation run (default cpu)")
 
-    ver = sub.add_parser("verify", help="metadata schema, MONAI property ids, network in/out, strict weights, TorchScript")
+    ver = sub.add_parser("verify", allow_abbrev=False, help="metadata schema, MONAI property ids, network in/out, strict weights, TorchScript")
     ver.add_argument("bundle", help="bundle folder")
     ver.add_argument("--schema", help="local metadata schema file (offline); default: download the URL in metadata.json")
     ver.add_argument("--device", default="cpu", help="device for the network checks (default cpu)")
     ver.add_argument("--atol", type=float, default=1e-4, help="TorchScript vs eager tolerance (default 1e-4)")
     ver.add_argument("--require-weights", action="store_true", help="fail (not skip) when models/model.pt is absent")
 
-    stk = sub.add_parser("stack", help="write one 4D NIfTI (modalities on the last axis) from per-modality files")
+    stk = sub.add_parser("stack", allow_abbrev=False, help="write one 4D NIfTI (modalities on the last axis) from per-modality files")
     stk.add_argument("files", nargs="*", help="modality files in the bundle's channel order")
     stk.add_argument("--case-dir", help="instead of FILES: a case folder in the task's layout (needs --task)")
     stk.add_argument("--task", choices=sorted([*TASKS, *TASK_ALIASES]), help="check the number of files / find them")
     stk.add_argument("-o", "--output", required=True, help="4D NIfTI to write (.nii.gz)")
 
-    gen = sub.add_parser("generate", help="write bundles/<name> from the template (keeps measured eval_metrics)")
+    gen = sub.add_parser("generate", allow_abbrev=False, help="write bundles/<name> from the template (keeps measured eval_metrics)")
     gen.add_argument("names", nargs="*", help="bundles to write (default: all)")
     gen.add_argument("--root", default=str(DEFAULT_ROOT), help=f"folder holding the bundles (default {DEFAULT_ROOT})")
     gen.add_argument("--check", action="store_true", help="write nothing; exit 1 if any file differs from the template")

@@ -13,6 +13,7 @@ from brats_pipeline.constants import TASK_ALIASES, TASKS
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brats-datalist",
+        allow_abbrev=False,  # --fold must not mean --folds
         description="Scan ROOT laid out as the task's source ships it (BraTS 2020/2021/2023 case folders, "
         "MSD Task01 imagesTr/labelsTr + dataset.json, TCGA LGG), check every case and write a MONAI "
         "decathlon-style datalist with patient-level cross-validation folds.",

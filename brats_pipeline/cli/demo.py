@@ -62,7 +62,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="brats-demo", description="Synthesise, preprocess, train, infer, evaluate, report — on CPU in minutes.")
+    p = argparse.ArgumentParser(prog="brats-demo", allow_abbrev=False, description="Synthesise, preprocess, train, infer, evaluate, report — on CPU in minutes.")
     p.add_argument("-o", "--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--seed", type=int, default=0, help="cohort, fold and training seed (default 0)")
     p.add_argument("--quick", action="store_true", help="tiny setting for tests (seconds; accuracy not meaningful)")

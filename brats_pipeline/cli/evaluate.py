@@ -20,7 +20,8 @@ from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="brats-evaluate", description="Evaluate predicted label maps against a datalist's labels.")
+    p = argparse.ArgumentParser(prog="brats-evaluate", description="Evaluate predicted label maps against a datalist's labels.",
+                                allow_abbrev=False)
     p.add_argument("--pred", required=True, help="folder of <case_id>.nii.gz predictions (brats-infer output)")
     p.add_argument("--truth", required=True, help="datalist JSON whose entries have 'label'")
     p.add_argument("--task", help="task (default: the datalist's)")
@@ -88,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from brats_pipeline.data.datalist import load_datalist
     from brats_pipeline.evaluation import evaluate_folder, summary_markdown, truth_entries, write_evaluation
     from brats_pipeline.metrics import BRATS_EMPTY_HD95
+    from preprocessing.outputs import prepare_output_folder
 
     try:
         datalist = load_datalist(args.truth)
@@ -97,17 +99,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             entries = [e for e in entries if e.get("fold") == args.fold]
         if not entries:
             raise ValueError(f"{args.truth}: no entries with a label to evaluate against")
+        prepare_output_folder(args.out)  # an existing file, under a file, not writable: before any metric is computed
         result = evaluate_folder(args.pred, entries, task, BRATS_EMPTY_HD95 if args.empty_hd95 is None else args.empty_hd95,
                                  workers=args.workers, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"brats-evaluate: error: {exc}", file=sys.stderr)
         return 2
-    paths = write_evaluation(result, args.out)
-    print(summary_markdown(result.summary(), f"{task.name}: {len(result.per_case)} case(s)"))
-    if args.report and result.per_case:
-        report = make_report(result, entries, args.out, args.max_figures, not args.no_surfaces, args.training_curves,
-                             args.title, embed=args.embed_images)
-        print(f"report: {report}")
+    try:
+        paths = write_evaluation(result, args.out)
+        print(summary_markdown(result.summary(), f"{task.name}: {len(result.per_case)} case(s)"))
+        if args.report and result.per_case:
+            report = make_report(result, entries, args.out, args.max_figures, not args.no_surfaces, args.training_curves,
+                                 args.title, embed=args.embed_images)
+            print(f"report: {report}")
+    except OSError as exc:  # the disk filled up (the message names the file)
+        print(f"brats-evaluate: error: {exc}", file=sys.stderr)
+        return 1
     print(f"metrics: {paths['csv']}  summary: {paths['json']}, {paths['markdown']}")
     for cid in result.missing:
         print(f"  MISSING prediction for {cid}", file=sys.stderr)

@@ -32,6 +32,7 @@ SPLITS = ("all", "training", "testing")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="brats-infer",
+        allow_abbrev=False,
         description="Sliding-window inference over a datalist or a dataset folder; labels written in each input's geometry.",
     )
     p.add_argument("-i", "--input", required=True, help="datalist JSON (brats-datalist) or dataset folder in the task's layout")
@@ -198,11 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cases:
         print(f"brats-infer: error: no cases to predict in {args.input}", file=sys.stderr)
         return 2
-    with predictor:
-        rows = predictor.predict_files(
-            cases, args.out, save_probabilities=args.save_probabilities, overwrite=args.overwrite, manifest_name=manifest,
-            loader_threads=args.loader_threads, writer_threads=args.writer_threads, progress=not args.no_progress,
-        )
+    try:
+        with predictor:
+            rows = predictor.predict_files(
+                cases, args.out, save_probabilities=args.save_probabilities, overwrite=args.overwrite, manifest_name=manifest,
+                loader_threads=args.loader_threads, writer_threads=args.writer_threads, progress=not args.no_progress,
+            )
+    except OSError as exc:  # the manifest could not be written (a full disk): the message names the file
+        print(f"brats-infer: error: {exc}", file=sys.stderr)
+        return 1
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
     print(f"brats-infer: {counts['ok']} predicted, {counts['skipped']} already done, {counts['failed']} failed "
           f"-> {Path(args.out) / manifest}")

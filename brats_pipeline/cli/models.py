@@ -16,6 +16,7 @@ from collections.abc import Sequence
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brats-models",
+        allow_abbrev=False,
         description="List the segmentation networks of brats_pipeline: name, parameter count for the "
         "given channels, paper. Networks that do not support --spatial-dims are listed with '-'.",
     )

@@ -12,6 +12,7 @@ from brats_pipeline.constants import TASK_ALIASES, TASKS
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brats-synth",
+        allow_abbrev=False,
         description="Write synthetic head phantoms with nested tumours (necrosis / enhancing rim / oedema), "
         "every modality with its contrast, bias field and Rician noise, in the task's real file layout.",
     )

@@ -117,7 +117,7 @@ def build_cli(argv: Sequence[str] | None = None, run: bool = True) -> BratsCLI:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # one way to set them: --model.optimizer / --model.lr_scheduler
         args=list(argv) if argv is not None else None,
-        parser_kwargs={"prog": "brats-train"},
+        parser_kwargs={"prog": "brats-train", "allow_abbrev": False},  # --trainer.max_epoch is no --trainer.max_epochs
         run=run,
     )
 

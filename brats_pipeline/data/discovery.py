@@ -19,6 +19,7 @@ all files on one grid (shape and affine), label values in the task's scheme.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ from preprocessing.io import (
 )
 
 CHECK_LEVELS = ("none", "header", "full")
+
+logger = logging.getLogger(__name__)
+_warned: set[tuple[str, ...]] = set()
 
 
 @dataclass
@@ -68,7 +72,8 @@ def discover_cases(root: str | os.PathLike, task: str | Task) -> list[CaseRecord
 
     Cases whose files cannot be found (a missing modality, an ambiguous match) or whose id is
     not a safe file name (:mod:`preprocessing.identity`: a folder name with a space ...) are
-    returned with ``problem`` set rather than dropped, so callers can report them.
+    returned with ``problem`` set rather than dropped, so callers can report them. Folders
+    without NIfTI files (an empty case folder, one of DICOM files) are not cases: a warning names them.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
@@ -116,9 +121,11 @@ def _find_file(files: Sequence[Path], case_id: str, sep: str, suffixes: Sequence
 
 def _discover_case_folders(root: Path, task: Task) -> list[CaseRecord]:
     cases = []
+    empty = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = _nifti_files(folder)
         if not files:
+            empty.append(folder.name)
             continue
         case_id = folder.name
         if (problem := _id_problem(case_id)) is not None:
@@ -140,6 +147,10 @@ def _discover_case_folders(root: Path, task: Task) -> list[CaseRecord]:
         cases.append(
             CaseRecord(case_id, images, str(label.resolve()) if label else None, problem, problem_file)
         )
+    if empty and (str(root.resolve()), *empty) not in _warned:  # once per process: callers may discover twice
+        _warned.add((str(root.resolve()), *empty))
+        logger.warning("%s: ignoring %d folder(s) without .nii/.nii.gz files (not cases): %s", root, len(empty),
+                       ", ".join(empty))
     return cases
 
 

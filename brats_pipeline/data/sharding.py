@@ -208,10 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m brats_pipeline.data.sharding", description=__doc__.split("\n")[0]
+        prog="python -m brats_pipeline.data.sharding", description=__doc__.split("\n")[0], allow_abbrev=False
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    merge = sub.add_parser("merge", help="merge the shard manifests of a batch run into one")
+    merge = sub.add_parser("merge", help="merge the shard manifests of a batch run into one", allow_abbrev=False)
     merge.add_argument("manifests", nargs="+", help="the N shard manifests (JSON)")
     merge.add_argument("-o", "--output", required=True, help="merged manifest to write (JSON)")
     merge.add_argument("--datalist", help="datalist whose cases must each be in exactly one manifest")

@@ -5,7 +5,8 @@ loading, ``label`` is the task's label map (1×X×Y×Z); the last deterministic 
 :class:`LabelsToRegionsd`, turns it into region channels (R×X×Y×Z float, e.g. TC, WT, ET),
 which is what the networks are trained on.
 
-* :func:`deterministic_transforms` — load, channel-first, optional orientation and spacing,
+* :func:`deterministic_transforms` — check the files' headers (:mod:`~brats_pipeline.data.input_files`:
+  errors name the file at fault), load, channel-first, optional orientation and spacing,
   crop to the head, channel-wise z-score over non-zero voxels, labels to regions. Cached by
   the data module; validation and inference reuse it.
 * :func:`patch_sampling` — the cheap random step that always runs on the CPU: sample patches
@@ -30,6 +31,14 @@ import numpy as np
 from monai.transforms import MapTransform
 
 from brats_pipeline.constants import Task, get_task
+from brats_pipeline.data.input_files import (
+    SOURCES_SUFFIX,
+    CheckFinited,
+    CheckHeadersd,
+    NamedLoadImaged,
+    SourceFilesd,
+    source_name,
+)
 
 
 @dataclass
@@ -110,7 +119,7 @@ class LabelsToRegionsd(MapTransform):
         d = dict(data)
         for key in self.keys:
             label = d[key]
-            source = _source_name(label, key)
+            source = source_name(label, key)
             arr = torch.as_tensor(label)
             if arr.is_floating_point():
                 arr = arr.round()
@@ -122,26 +131,6 @@ class LabelsToRegionsd(MapTransform):
         return d
 
 
-def _source_name(value: Any, key: Hashable) -> str:
-    meta = getattr(value, "meta", None) or {}
-    return str(meta.get("filename_or_obj", key))
-
-
-class CheckFinited(MapTransform):
-    """Fail with the file's name when an image holds NaN/Inf voxels (after loading)."""
-
-    def __init__(self, keys: str | Sequence[str]) -> None:
-        super().__init__(keys)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
-        import torch
-
-        for key in self.keys:
-            if not torch.isfinite(torch.as_tensor(data[key])).all():
-                raise ValueError(f"{_source_name(data[key], key)}: image holds NaN or Inf voxels")
-        return data
-
-
 def deterministic_transforms(
     task: str | Task,
     with_label: bool = True,
@@ -151,7 +140,7 @@ def deterministic_transforms(
     crop_margin: int = 4,
     normalize: bool = True,
 ) -> Any:
-    """The cached, deterministic part: load -> orient -> resample -> crop -> normalise -> regions.
+    """The cached, deterministic part: check headers -> load -> orient -> resample -> crop -> normalise -> regions.
 
     Args:
         task: decides the label scheme (region conversion).
@@ -168,8 +157,8 @@ def deterministic_transforms(
     from monai.transforms import (
         Compose,
         CropForegroundd,
+        DeleteItemsd,
         EnsureTyped,
-        LoadImaged,
         NormalizeIntensityd,
         Orientationd,
         Spacingd,
@@ -177,10 +166,13 @@ def deterministic_transforms(
 
     task = get_task(task)
     keys = ["image", "label"] if with_label else ["image"]
-    steps: list[Any] = [
-        LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
+    steps: list[Any] = [  # errors of the checks and the loader name the file at fault (data/input_files.py)
+        SourceFilesd(keys),
+        CheckHeadersd(keys, task),
+        NamedLoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
         EnsureTyped(keys="image", dtype=np.float32, track_meta=True),
         CheckFinited(keys="image"),
+        DeleteItemsd(keys=[f"{k}{SOURCES_SUFFIX}" for k in keys]),  # file lists would not collate into batches
     ]
     if orientation:
         steps.append(Orientationd(keys=keys, axcodes=orientation, labels=None))

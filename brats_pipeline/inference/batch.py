@@ -260,10 +260,10 @@ def run_batch(
         return data, resume_key(image_files(case), model, settings), time.perf_counter() - t0
 
     def finish(row: dict[str, Any]) -> None:
-        manifest.set(row, flush=row["status"] == "failed")
         bar.update()
-        if row["status"] == "failed":
+        if row["status"] == "failed":  # said before the manifest is written: writing it may fail too (a full disk)
             bar.write(f"FAILED {row['case_id']}: {row['error']}")
+        manifest.set(row, flush=row["status"] == "failed")
 
     def write(cid: str, inputs: list[str], key: str, probs: Any, affine: np.ndarray, seconds: dict[str, float]) -> None:
         from preprocessing.io import write_nifti

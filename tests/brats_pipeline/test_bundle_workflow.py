@@ -183,7 +183,8 @@ def test_inference_restores_input_orientation_and_goes_on_past_a_bad_case(
     out = tmp_path / "pred"
     with pytest.raises(RuntimeError) as failed:  # monai.bundle wraps the runner's error
         run_bundle(bundle, ["inference.json"], dataset_dir=str(folder), output_dir=str(out), device="cpu")
-    assert "1 of 3 cases failed (broken: EOFError: Compressed file ended" in str(bb.root_cause(failed.value))
+    assert (f"1 of 3 cases failed (broken: ImageFileError: {folder / 'broken.nii.gz'}: truncated or corrupt image data "
+            "(EOFError: Compressed file ended") in str(bb.root_cause(failed.value))
     las = np.asarray(nib.load(out / "las_seg.nii.gz").dataobj)
     assert np.array_equal(las[::-1], np.asarray(nib.load(out / "ras_seg.nii.gz").dataobj))
     assert nib.aff2axcodes(nib.load(out / "las_seg.nii.gz").affine) == ("L", "A", "S")
