@@ -169,6 +169,21 @@ class BratsDataModule(pl.LightningDataModule):
             return trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
 
+    def augments_in_loader(self) -> bool:
+        """Whether the batched augmentation runs in the loader's worker processes.
+
+        When training on the CPU with ``num_workers > 0``, :class:`BatchAugment` runs on each
+        collated batch inside the worker (:class:`AugmentingCollate`), in parallel with the
+        training step, instead of in the main process after transfer. (On a GPU it stays after
+        transfer, on the device.) Random numbers then come from the workers' torch generators,
+        which the loader seeds from the run's seed.
+        """
+        if not self.uses_batch_augmentation() or self.hparams.num_workers <= 0:
+            return False
+        trainer = self.trainer
+        device = trainer.strategy.root_device.type if trainer is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        return device == "cpu"
+
     # ----------------------------------------------------------------- setup
     def split(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(train, validation) entries of the configured fold."""
@@ -300,7 +315,10 @@ class BratsDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> Any:
-        return self._loader(self.train_ds, self.hparams.batch_size, shuffle=True)
+        loader = self._loader(self.train_ds, self.hparams.batch_size, shuffle=True)
+        if self.augments_in_loader():  # batched augmentation inside the worker, beside the training step
+            loader.collate_fn = AugmentingCollate(loader.collate_fn, self._make_batch_augment())
+        return loader
 
     def val_dataloader(self) -> Any:
         return self._loader(self.val_ds, 1, shuffle=False, evaluation=True)
@@ -316,21 +334,43 @@ class BratsDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return batch
+        if self.augments_in_loader():
+            return batch  # already augmented by the loader's worker (AugmentingCollate)
         image, label = _plain(batch["image"]), _plain(batch["label"])  # no MetaTensor bookkeeping in the hot loop
         if self.uses_batch_augmentation():
             if self._batch_augment is None:
-                from brats_pipeline.data.augment import BatchAugment
-
-                spacing = tuple(self.hparams.spacing or (1.0, 1.0, 1.0))
-                if self.spatial_dims == 2:
-                    spacing = tuple(s for a, s in enumerate(spacing) if a != self.slice_axis)
-                self._batch_augment = BatchAugment(self.augmentation, out_size=self.patch_size, spacing=spacing)
+                self._batch_augment = self._make_batch_augment()
             image, label = self._batch_augment(image, label)
         return {**batch, "image": image, "label": label}
+
+    def _make_batch_augment(self) -> Any:
+        from brats_pipeline.data.augment import BatchAugment
+
+        spacing = tuple(self.hparams.spacing or (1.0, 1.0, 1.0))
+        if self.spatial_dims == 2:
+            spacing = tuple(s for a, s in enumerate(spacing) if a != self.slice_axis)
+        return BatchAugment(self.augmentation, out_size=self.patch_size, spacing=spacing)
 
 
 def _plain(x: Any) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+class AugmentingCollate:
+    """Collate a training batch, then augment it with a :class:`BatchAugment` (in the loader worker).
+
+    Args:
+        collate: the loader's collate function.
+        augment: the batch augmentation; the batch's ``image`` and ``label`` leave as plain tensors.
+    """
+
+    def __init__(self, collate: Any, augment: Any) -> None:
+        self.collate, self.augment = collate, augment
+
+    def __call__(self, samples: Any) -> Any:
+        batch = self.collate(samples)
+        image, label = self.augment(_plain(batch["image"]), _plain(batch["label"]))
+        return {**batch, "image": image, "label": label}
 
 
 class _Weighted(torch.utils.data.Dataset):

@@ -168,14 +168,14 @@ class BatchShapes(pl.Callback):
         self.shapes.append((tuple(batch["image"].shape), tuple(batch["label"].shape)))
 
 
-@pytest.mark.parametrize("context", [0, 1])
-def test_trainer_fits_a_2d_and_a_25d_network_on_slices(lgg_datalist: Path, context: int) -> None:
+@pytest.mark.parametrize(("context", "workers"), [(0, 0), (1, 0), (1, 1)])
+def test_trainer_fits_a_2d_and_a_25d_network_on_slices(lgg_datalist: Path, context: int, workers: int) -> None:
     torch.manual_seed(0)
     model = BratsSegmentationModule(
         "unet2d", {"channels": [8, 16, 32], "strides": [2, 2]}, task="lgg", roi_size=(32, 32), sw_batch_size=8, context=context
     )
     assert model.spatial_dims == 2 and input_channels_of(model.network) == 3 * (2 * context + 1)
-    dm = BratsDataModule(str(lgg_datalist), fold=0, patch_size=(32, 32), batch_size=4, num_workers=0, empty_slice_ratio=0.5)
+    dm = BratsDataModule(str(lgg_datalist), fold=0, patch_size=(32, 32), batch_size=4, num_workers=workers, empty_slice_ratio=0.5)
     shapes = BatchShapes()
     trainer = pl.Trainer(
         max_epochs=1, limit_train_batches=3, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -184,7 +184,9 @@ def test_trainer_fits_a_2d_and_a_25d_network_on_slices(lgg_datalist: Path, conte
     before = [p.detach().clone() for p in model.network.parameters()]
     trainer.fit(model, dm)
     assert (dm.spatial_dims, dm.slice_axis, dm.context) == (2, 2, context)  # followed the model
-    # slices drawn with a margin (40 x 40), augmented and cropped back by BatchAugment after transfer
+    # slices drawn with a margin (40 x 40), augmented and cropped back by BatchAugment: after transfer,
+    # or with a loader worker on the CPU, in the worker (the batch arrives cropped)
+    assert dm.augments_in_loader() is (workers > 0)
     assert shapes.shapes == [((4, 3 * (2 * context + 1), 32, 32), (4, 1, 32, 32))] * 3
     assert any(not torch.equal(a, b) for a, b in zip(before, model.network.parameters()))
     metrics = trainer.callback_metrics
