@@ -100,7 +100,7 @@ def bench_scaling(n_cases: int, workers: Sequence[int]) -> dict[str, Any]:
         write_cohort(root, "brats2021", n_cases=n_cases, shape=(96, 96, 64), seed=0)
         for count in workers:
             out = Path(tmp) / f"out{count}"
-            cmd = [sys.executable, "-m", "preprocessing.cli", "-i", str(root), "-o", str(out), "--task", "brats2021"]
+            cmd = [sys.executable, "-m", "brats_pipeline.cli.preprocess", "-i", str(root), "-o", str(out), "--task", "brats2021"]
             cmd += ["--workers", str(count), "--threads", "1", "--no-progress"]
             start = time.perf_counter()
             subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)

@@ -1,6 +1,6 @@
 """Many cases through :func:`preprocessing.pipeline.preprocess_case`: shards, workers, manifest, datalist.
 
-* **Sharding** (:mod:`brats_pipeline.data.sharding`, shared with ``brats-infer``): the cases
+* **Sharding** (:mod:`preprocessing.sharding`, shared with ``brats-infer``): the cases
   sorted by case id, shard ``I`` of ``N`` takes every ``N``-th from position ``I``. Shards are
   disjoint, together cover the cohort, differ in size by at most one and do not depend on the
   input order: a SLURM job array with ``--shard $SLURM_ARRAY_TASK_ID/N`` splits a cohort
@@ -35,11 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brats_pipeline.data.sharding import (
-    manifest_stem,
-    parse_shard,  # noqa: F401  (re-exported: the CLIs and tests import it from here)
-)
-from brats_pipeline.data.sharding import select_shard as _select_shard
 from preprocessing.identity import check_case_ids
 from preprocessing.io import ImageFileError, write_json
 from preprocessing.outputs import prepare_output_folder
@@ -51,6 +46,8 @@ from preprocessing.pipeline import (
     output_paths,
     preprocess_case,
 )
+from preprocessing.sharding import manifest_stem
+from preprocessing.sharding import select_shard as _select_shard
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +57,7 @@ MANIFEST_FIELDS = ("case_id", "status", "duration_s", "error")
 def select_shard(cases: Sequence[Case], shard: tuple[int, int] | None) -> list[Case]:
     """The cases of shard ``(I, N)`` in case-id order (all cases, in input order, if ``shard`` is ``None``).
 
-    See :func:`brats_pipeline.data.sharding.select_shard`.
+    See :func:`preprocessing.sharding.select_shard`.
     """
     if shard is None:
         return list(cases)
@@ -312,11 +309,11 @@ def write_output_datalist(
             reason = failed.get(case.case_id, "not preprocessed yet (another shard, or not run)")
             skipped.append({"case_id": case.case_id, "file": None, "reason": f"preprocessing: {reason}"})
             continue
-        paths = output_paths(case, out_dir, config.task)
+        paths = output_paths(case, out_dir, config)
         entry: dict[str, Any] = {"case_id": case.case_id, **case.extra}
         if case.fold is not None:
             entry["fold"] = case.fold
-        entry["image"] = [str(paths[m]) for m in case.ordered(config.task)]
+        entry["image"] = [str(paths[m]) for m in case.ordered(config.modalities)]
         if "label" in paths:
             entry["label"] = str(paths["label"])
             training.append(entry)

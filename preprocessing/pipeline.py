@@ -1,11 +1,14 @@
 """One case through the ITK stage: read -> reorient -> N4 -> register -> resample -> normalise -> write.
 
-:func:`preprocess_case` is the Python API; ``brats-preprocess`` (:mod:`preprocessing.cli`) runs it
-over many cases. The steps, in order (each switchable in :class:`PreprocessConfig`):
+:func:`preprocess_case` is the Python API; :func:`preprocessing.batch.run_batch` runs it over many
+cases (``brats-preprocess`` does that for a task's datalist or dataset folder). What it does, and
+the modality names, label values and output names of a case, is a
+:class:`~preprocessing.config.PreprocessConfig`: the package knows no task. The steps, in order
+(each can be switched off):
 
 1. **read** every modality (and the label) with checks (:func:`preprocessing.io.read_image`):
    unreadable/truncated, not 3D, NaN/Inf, constant; the label must share the reference
-   modality's grid and hold only the task's label values;
+   modality's grid and hold only the configured label values;
 2. **reorient** to ``orientation`` (RAS by default; permutes axes, no interpolation);
 3. **foreground mask** of the reference modality (``mask_method``);
 4. **N4** bias correction of each modality at its native resolution (the reference in the
@@ -29,105 +32,19 @@ files are read by nibabel/MONAI as x, y, z in RAS world coordinates.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from preprocessing.config import PreprocessConfig
 from preprocessing.identity import check_case_id, content_digest
 from preprocessing.io import ImageFileError, check_same_grid, read_image, read_label, write_image, write_json
-from preprocessing.n4 import N4Config
-from preprocessing.normalize import MASK_METHODS
-from preprocessing.register import RegistrationConfig
-from preprocessing.resample import IMAGE_INTERPOLATORS, LABEL_INTERPOLATORS, ORIENTATIONS
 
 SIDECAR_SUFFIX = "_preprocess.json"
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """What :func:`preprocess_case` does; every step can be switched off.
-
-    Args:
-        task: task name (``brats2021`` ...) whose modality names the case must use and whose
-            label values the label must hold; ``None``: any modality names, label values unchecked.
-        reference: modality that defines the output grid and that others are registered to.
-        orientation: ``"RAS"`` or ``"LPS"`` output orientation, ``None`` to keep the input's.
-        spacing: output voxel size (x, y, z mm); ``None`` keeps the reference's spacing.
-        n4: run N4 bias-field correction.
-        n4_config: N4 settings.
-        register: register each modality to the reference; ``False`` trusts the headers.
-        registration: registration settings.
-        normalize: crop to the foreground and z-score in the mask.
-        mask_method: ``"auto"``, ``"otsu"`` or ``"nonzero"`` (:mod:`preprocessing.normalize`).
-        crop_margin: voxels kept around the mask's bounding box; ``None``: no cropping.
-        clip_percentiles: ``(low, high)`` in-mask percentiles to clip to before z-scoring.
-        image_interpolator: ``"bspline"`` or ``"linear"`` (or ``"nearest"``).
-        label_interpolator: ``"nearest"`` or ``"label_gaussian"``.
-    """
-
-    task: str | None = None
-    reference: str = "t1c"
-    orientation: str | None = "RAS"
-    spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
-    n4: bool = True
-    n4_config: N4Config = field(default_factory=N4Config)
-    register: bool = True
-    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
-    normalize: bool = True
-    mask_method: str = "auto"
-    crop_margin: int | None = 5
-    clip_percentiles: tuple[float, float] | None = None
-    image_interpolator: str = "bspline"
-    label_interpolator: str = "nearest"
-
-    def __post_init__(self) -> None:
-        if self.spacing is not None:
-            spacing = tuple(float(s) for s in self.spacing)
-            if len(spacing) != 3 or min(spacing) <= 0:
-                raise ValueError(f"spacing must be three positive sizes in mm (x, y, z), got {self.spacing}")
-            object.__setattr__(self, "spacing", spacing)
-        if self.clip_percentiles is not None:
-            clip = tuple(float(p) for p in self.clip_percentiles)
-            if len(clip) != 2 or not 0.0 <= clip[0] < clip[1] <= 100.0:
-                raise ValueError(f"clip_percentiles must be (low, high) with 0 <= low < high <= 100, got {self.clip_percentiles}")
-            object.__setattr__(self, "clip_percentiles", clip)
-        if self.orientation is not None and self.orientation not in ORIENTATIONS:
-            raise ValueError(f"unknown orientation {self.orientation!r}; choose one of {ORIENTATIONS} or None")
-        if self.mask_method not in MASK_METHODS:
-            raise ValueError(f"unknown mask method {self.mask_method!r}; choose one of {MASK_METHODS}")
-        if self.image_interpolator not in IMAGE_INTERPOLATORS:
-            raise ValueError(f"unknown image interpolator {self.image_interpolator!r}; choose one of {IMAGE_INTERPOLATORS}")
-        if self.label_interpolator not in LABEL_INTERPOLATORS:
-            raise ValueError(f"unknown label interpolator {self.label_interpolator!r}; choose one of {LABEL_INTERPOLATORS}")
-        if self.crop_margin is not None and int(self.crop_margin) < 0:
-            raise ValueError(f"crop_margin must be >= 0 voxels or None, got {self.crop_margin}")
-        if self.task is not None:
-            from brats_pipeline.constants import get_task
-
-            get_task(self.task)  # unknown task names fail here, listing the known ones
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
-        """Inverse of :meth:`to_dict`."""
-        data = dict(data)
-        if isinstance(data.get("n4_config"), Mapping):
-            data["n4_config"] = N4Config(**data["n4_config"])
-        if isinstance(data.get("registration"), Mapping):
-            data["registration"] = RegistrationConfig(**data["registration"])
-        return cls(**data)
-
-    def fingerprint(self) -> str:
-        """Short hash of the settings; a finished case is redone when it changes."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -150,8 +67,8 @@ class Case:
     fold: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self, task: str | None = None, reference: str | None = None) -> None:
-        """Check the id, the modality names (against ``task``) and that ``reference`` is one of them.
+    def validate(self, modalities: Sequence[str] | None = None, reference: str | None = None) -> None:
+        """Check the id, the modality names (exactly ``modalities``, if given) and that ``reference`` is one of them.
 
         Raises:
             ValueError: naming the case and the problem (missing or unknown modality ...).
@@ -160,10 +77,8 @@ class Case:
         if not self.images:
             raise ValueError(f"case {self.case_id}: no images")
         names = list(self.images)
-        if task is not None:
-            from brats_pipeline.constants import get_task
-
-            expected = list(get_task(task).modality_names)
+        if modalities is not None:
+            expected = list(modalities)
             missing = [m for m in expected if m not in names]
             unknown = [m for m in names if m not in expected]
             if missing or unknown:
@@ -172,20 +87,15 @@ class Case:
                     parts.append(f"missing modalities {missing}")
                 if unknown:
                     parts.append(f"unknown modalities {unknown}")
-                raise ValueError(
-                    f"case {self.case_id}: {' and '.join(parts)} for task {get_task(task).name!r}, "
-                    f"which needs {expected}"
-                )
+                raise ValueError(f"case {self.case_id}: {' and '.join(parts)}; expected the modalities {expected}")
         if reference is not None and reference not in self.images:
             raise ValueError(f"case {self.case_id}: reference modality {reference!r} is not among its modalities {names}")
 
-    def ordered(self, task: str | None) -> list[str]:
-        """Modality names in the task's channel order (or the given order without a task)."""
-        if task is None:
+    def ordered(self, modalities: Sequence[str] | None = None) -> list[str]:
+        """The case's modality names in the order of ``modalities`` (its own order if ``None``)."""
+        if modalities is None:
             return list(self.images)
-        from brats_pipeline.constants import get_task
-
-        return [m for m in get_task(task).modality_names if m in self.images]
+        return [m for m in modalities if m in self.images]
 
     def inputs_record(self) -> dict[str, Any]:
         """The inputs a finished case was made from: paths and content digests (the resume key, with the settings)."""
@@ -220,18 +130,17 @@ class CaseResult:
 
 
 # ------------------------------------------------------------------------------------ outputs
-def output_paths(case: Case, out_dir: str | os.PathLike, task: str | None = None) -> dict[str, Path]:
-    """Files a case is written to: modality -> ``OUT/<id>/<id><sep><modality>.nii.gz``, ``"label"`` -> ``..<sep>seg``."""
-    separator, label_suffix = "_", "seg"
-    if task is not None:
-        from brats_pipeline.constants import get_task
+def output_paths(case: Case, out_dir: str | os.PathLike, config: PreprocessConfig | None = None) -> dict[str, Path]:
+    """Files a case is written to: modality -> ``OUT/<id>/<id><sep><modality>.nii.gz``, ``"label"`` -> ``..<sep>seg``.
 
-        t = get_task(task)
-        separator, label_suffix = t.separator, t.label_suffixes[0]
+    ``<sep>``, ``seg`` and the modality order are ``config``'s ``separator``, ``label_suffix`` and ``modalities``.
+    """
+    config = config or PreprocessConfig()
     folder = Path(out_dir) / case.case_id
-    paths = {m: folder / f"{case.case_id}{separator}{m}.nii.gz" for m in case.ordered(task)}
+    stem = f"{case.case_id}{config.separator}"
+    paths = {m: folder / f"{stem}{m}.nii.gz" for m in case.ordered(config.modalities)}
     if case.label is not None:
-        paths["label"] = folder / f"{case.case_id}{separator}{label_suffix}.nii.gz"
+        paths["label"] = folder / f"{stem}{config.label_suffix}.nii.gz"
     return paths
 
 
@@ -270,10 +179,11 @@ def finished_record(
 
 # ----------------------------------------------------------------------------------- the steps
 def _read_case(case: Case, config: PreprocessConfig) -> tuple[dict[str, Any], Any | None]:
+    import numpy as np
     import SimpleITK as sitk
 
     images = {}
-    for name in case.ordered(config.task):
+    for name in case.ordered(config.modalities):
         images[name] = read_image(case.images[name], channel=case.channels.get(name))
     label = None
     if case.label is not None:
@@ -283,13 +193,13 @@ def _read_case(case: Case, config: PreprocessConfig) -> tuple[dict[str, Any], An
             {config.reference: reference, "label": label},
             {config.reference: str(case.images[config.reference]), "label": str(case.label)},
         )
-        if config.task is not None:
-            from brats_pipeline.constants import get_task
-
-            try:
-                get_task(config.task).check_labels(sitk.GetArrayViewFromImage(label))
-            except ValueError as exc:
-                raise ImageFileError(case.label, str(exc).split(": ", 1)[-1]) from None
+        if config.label_values is not None:
+            found = np.unique(sitk.GetArrayViewFromImage(label)).tolist()
+            unexpected = sorted(set(found) - set(config.label_values))
+            if unexpected:
+                raise ImageFileError(
+                    case.label, f"label values {unexpected} are not among the expected values {list(config.label_values)}"
+                )
     return images, label
 
 
@@ -327,7 +237,7 @@ def preprocess_case(
     config = config or PreprocessConfig()
     if not isinstance(case, Case):
         case = Case(**dict(case))
-    case.validate(config.task, config.reference)
+    case.validate(config.modalities, config.reference)
     ref = config.reference
     steps: list[dict[str, Any]] = []
 
@@ -444,7 +354,7 @@ def _ones_like(image: Any) -> Any:
 
 def _write_outputs(case: Case, config: PreprocessConfig, result: CaseResult, out_dir: Path, start: float) -> None:
     """Write images, label, then the sidecar; on any error remove what this call wrote."""
-    paths = output_paths(case, out_dir, config.task)
+    paths = output_paths(case, out_dir, config)
     sidecar = sidecar_path(out_dir, case.case_id)
     folder = sidecar.parent
     existed = folder.exists()

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from brats_pipeline.cli.infer import main as infer_main
-from preprocessing.cli import main as preprocess_main
+from brats_pipeline.cli.preprocess import main as preprocess_main
 
 PREPROCESS_ARGS = ["--no-n4", "--no-register", "--spacing", "2", "2", "2", "--no-progress"]
 
@@ -457,7 +457,7 @@ def test_kill_9_of_preprocess_takes_its_workers_with_it(tmp_path: Path, brats_co
 
     dl_path, _ = brats_cohort(tmp_path, n=4)
     out = tmp_path / "out"
-    script = "import sys; from preprocessing.cli import main; sys.exit(main(sys.argv[1:]))"
+    script = "import sys; from brats_pipeline.cli.preprocess import main; sys.exit(main(sys.argv[1:]))"
     slow_n4 = ["--no-register", "--spacing", "1", "1", "1", "--n4-shrink", "1", "--n4-iterations", "50", "50", "50"]
     parent = subprocess.Popen([sys.executable, "-c", script, "-i", str(dl_path), "-o", str(out), "--workers", "2",
                                "--threads", "1", *slow_n4, "--no-progress"],  # about 10 s per case

@@ -332,7 +332,7 @@ def test_a_full_disk_is_named_by_infer_and_preprocess(tmp_path: Path, ckpt: Path
     assert f"brats-infer: error: [Errno 28] No space left on device while writing: '{mount}/out/manifest.json'" in done.stderr
 
     shutil.rmtree(mount)
-    done = _on_a_tiny_filesystem(mount, 20, [sys.executable, "-m", "preprocessing.cli", "-i", str(dl_path),
+    done = _on_a_tiny_filesystem(mount, 20, [sys.executable, "-m", "brats_pipeline.cli.preprocess", "-i", str(dl_path),
                                              "-o", str(mount / "pp"), *PREPROCESS_ARGS])
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     for case in ("BraTS2021_00000", "BraTS2021_00001"):  # was: ITK wrote a truncated .nii.gz without an error
@@ -344,14 +344,14 @@ def test_a_full_disk_is_named_by_infer_and_preprocess(tmp_path: Path, ckpt: Path
 # -------------------------------------------------------------- 12. abbreviated options
 @pytest.mark.parametrize("tool, argv, abbreviated", [
     ("brats_pipeline.cli.datalist", ["data", "--task", "brats2021", "-o", "dl.json", "--fold", "3"], "--fold"),  # meant --folds 3
-    ("preprocessing.cli", ["-i", "data", "-o", "out", "--fold", "3"], "--fold"),
+    ("brats_pipeline.cli.preprocess", ["-i", "data", "-o", "out", "--fold", "3"], "--fold"),
     ("brats_pipeline.cli.infer", ["-i", "dl.json", "-o", "out", "--checkpoint", "m.ckpt", "--over"], "--over"),
     ("brats_pipeline.cli.evaluate", ["--pred", "p", "--truth", "dl.json", "-o", "out", "--empty", "1"], "--empty"),
     ("brats_pipeline.cli.bundle", ["export", "--checkpoint", "m.ckpt", "--bundle", "b", "--data", "dl.json"], "--data"),
     ("brats_pipeline.cli.synth", ["out", "--case", "1"], "--case"),
     ("brats_pipeline.cli.models", ["--spatial", "2"], "--spatial"),
     ("brats_pipeline.cli.radiogenomics", ["--labels", "x", "--clinical", "c.csv", "-o", "out", "--tru", "y"], "--tru"),
-    ("brats_pipeline.data.sharding", ["merge", "a.json", "-o", "m.json", "--data", "dl.json"], "--data"),
+    ("preprocessing.sharding", ["merge", "a.json", "-o", "m.json", "--data", "dl.json"], "--data"),
     ("brats_pipeline.cli.train", ["fit", "--trainer.max_epoch", "1"], "--trainer.max_epoch"),
 ])
 def test_abbreviated_options_are_refused(tool: str, argv: list[str], abbreviated: str, tmp_path: Path,
@@ -371,7 +371,7 @@ def test_empty_case_folders_are_named_in_a_warning(tmp_path: Path, ckpt: Path, t
                                                    caplog: pytest.LogCaptureFixture, brats_cohort) -> None:
     from brats_pipeline.cli.datalist import main as datalist_main
     from brats_pipeline.cli.infer import main as infer_main
-    from preprocessing.cli import main as preprocess_main
+    from brats_pipeline.cli.preprocess import main as preprocess_main
 
     brats_cohort(tmp_path, n=1)
     data = tmp_path / "data"
@@ -397,7 +397,7 @@ def test_empty_case_folders_are_named_in_a_warning(tmp_path: Path, ckpt: Path, t
 def test_a_case_id_with_a_space_fails_alike_in_every_tool(tmp_path: Path, ckpt: Path, tiny_bundle: Path,
                                                           capsys: pytest.CaptureFixture[str], brats_cohort) -> None:
     from brats_pipeline.cli.infer import main as infer_main
-    from preprocessing.cli import main as preprocess_main
+    from brats_pipeline.cli.preprocess import main as preprocess_main
     from preprocessing.identity import CASE_ID_RULE
 
     dl_path, datalist = brats_cohort(tmp_path, n=2)

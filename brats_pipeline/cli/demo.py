@@ -190,13 +190,14 @@ def synthesise(raw: Path, n_cases: int, shape: Sequence[int], seed: int) -> None
 
 def preprocess(raw: Path, out: Path, seed: int) -> str:
     """Run the ITK stage on every case of ``raw`` into ``out``; returns a note on what was done."""
+    from brats_pipeline.cli.preprocess import config_for_task
     from brats_pipeline.data.datalist import build_datalist
     from preprocessing.batch import run_batch
     from preprocessing.n4 import N4Config
-    from preprocessing.pipeline import PreprocessConfig, case_from_entry
+    from preprocessing.pipeline import case_from_entry
 
-    config = PreprocessConfig(
-        task="brats2021", reference="t1c", spacing=None, register=False, n4=True,
+    config = config_for_task(
+        "brats2021", reference="t1c", spacing=None, register=False, n4=True,
         n4_config=N4Config(shrink_factor=4, iterations=(20, 20)),
     )
     datalist = build_datalist(raw, "brats2021", folds=2, seed=seed, check="none")

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard",
         metavar="I/N",
         help="shard I of N (0 <= I < N) for job arrays: the cases sorted by case id, every N-th from position I; "
-        "the manifest is then OUT/manifest.shard-I-of-N.json (merge: python -m brats_pipeline.data.sharding merge)",
+        "the manifest is then OUT/manifest.shard-I-of-N.json (merge: python -m preprocessing.sharding merge)",
     )
     p.add_argument("--loader-threads", type=int, default=2, help="cases read ahead concurrently (default 2)")
     p.add_argument("--writer-threads", type=int, default=2, help="cases written concurrently (default 2)")
@@ -180,9 +180,9 @@ def build_predictor(args: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``brats-infer``; returns the exit status (0 all done, 1 some case failed, 2 bad arguments)."""
     args = build_parser().parse_args(argv)
-    from brats_pipeline.data.sharding import manifest_stem
-    from brats_pipeline.inference.batch import parse_shard, select_shard
+    from brats_pipeline.inference.batch import select_shard
     from preprocessing.outputs import prepare_output_folder
+    from preprocessing.sharding import manifest_stem, parse_shard
 
     try:
         shard = parse_shard(args.shard) if args.shard else None

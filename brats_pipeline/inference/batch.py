@@ -44,13 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from brats_pipeline.data.sharding import (
-    case_key,
-    parse_shard,  # noqa: F401  (re-exported: the CLIs and tests import it from here)
-)
-from brats_pipeline.data.sharding import select_shard as _select_shard
 from preprocessing.identity import check_case_id, content_digest
 from preprocessing.outputs import prepare_output_folder
+from preprocessing.sharding import case_key
+from preprocessing.sharding import select_shard as _select_shard
 
 if TYPE_CHECKING:
     from brats_pipeline.inference.predictor import Predictor
@@ -135,7 +132,7 @@ def shard_key(case: Mapping[Hashable, Any]) -> str:
 
 
 def select_shard(cases: Sequence[Any], index: int, count: int) -> list[Any]:
-    """Shard ``index`` of ``count``: every ``count``-th case in case-id order (:mod:`brats_pipeline.data.sharding`)."""
+    """Shard ``index`` of ``count``: every ``count``-th case in case-id order (:mod:`preprocessing.sharding`)."""
     return _select_shard(cases, index, count, key=lambda c: shard_key(c) if isinstance(c, Mapping) else case_key(c))
 
 

@@ -14,9 +14,10 @@ from torch import nn
 
 from brats_pipeline.cli.infer import main as infer_main
 from brats_pipeline.inference import Predictor
-from brats_pipeline.inference.batch import parse_shard, select_shard
+from brats_pipeline.inference.batch import select_shard
 from brats_pipeline.module import BratsSegmentationModule
 from preprocessing.io import write_nifti
+from preprocessing.sharding import parse_shard
 
 MODALITIES = ("t1c", "t1", "t2", "flair")
 

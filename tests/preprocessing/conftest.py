@@ -16,6 +16,8 @@ from preprocessing.register import RegistrationConfig
 #: Small synthetic volumes: 48 x 48 x 40 voxels of 3 mm (a head-sized 144 mm field of view).
 SHAPE = (48, 48, 40)
 SPACING = (3.0, 3.0, 3.0)
+#: The brats2021 scheme, as the task-free package takes it: modality names in channel order, label values.
+BRATS2021 = {"modalities": ("t1c", "t1", "t2", "flair"), "label_values": (0, 1, 2, 4)}
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -30,7 +32,7 @@ def _two_itk_threads() -> None:
 def fast_config() -> PreprocessConfig:
     """Every step on, with settings cheap enough for 48^3 volumes (seconds per case)."""
     return PreprocessConfig(
-        task="brats2021",
+        **BRATS2021,
         spacing=(4.0, 4.0, 4.0),
         n4_config=N4Config(shrink_factor=2, iterations=(10, 10), fit_margin_mm=None),
         registration=RegistrationConfig(shrink_factors=(2, 1), smoothing_sigmas_mm=(6.0, 0.0), iterations=30),

@@ -1,4 +1,5 @@
-"""brats-preprocess: batch over a cohort, manifest, resuming, shards, workers, the single-case form."""
+"""brats-preprocess (``brats_pipeline.cli.preprocess``): batch over a cohort, manifest, resuming, shards, workers,
+the single-case form, and the task's scheme handed to the task-free ``preprocessing`` package."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from preprocessing.batch import parse_shard, select_shard
-from preprocessing.cli import main
-from preprocessing.pipeline import Case
+from brats_pipeline.cli.preprocess import config_for_task, main
+from preprocessing.batch import select_shard
+from preprocessing.pipeline import Case, output_paths
+from preprocessing.sharding import parse_shard
 
 LABELLED = ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"]
 ALL = [*LABELLED, "BraTS2021_00003"]  # the last one has no segmentation
@@ -41,7 +43,7 @@ def test_shards_are_disjoint_covering_and_stable() -> None:
         assert max(map(len, parts)) - min(map(len, parts)) <= 1  # balanced
     shuffled = cases[:]
     random.Random(0).shuffle(shuffled)
-    for i in range(4):  # independent of the input order (brats_pipeline.data.sharding: sorted by case id)
+    for i in range(4):  # independent of the input order (preprocessing.sharding: sorted by case id)
         assert [c.case_id for c in select_shard(cases, (i, 4))] == [c.case_id for c in select_shard(shuffled, (i, 4))]
 
 
@@ -49,6 +51,20 @@ def test_shards_are_disjoint_covering_and_stable() -> None:
 def test_bad_shard_strings(text: str) -> None:
     with pytest.raises(ValueError, match="shard"):
         parse_shard(text)
+
+
+# ------------------------------------------------------------------------------ task -> scheme
+def test_a_task_becomes_plain_settings() -> None:
+    config = config_for_task("brats2023", spacing=None)
+    assert config.modalities == ("t1c", "t1n", "t2w", "t2f") and config.label_values == (0, 1, 2, 3)
+    assert config.spacing is None and "task" not in config.to_dict()  # the package never sees the task's name
+    case = Case("BraTS-GLI-00000-000", {m: "x" for m in ("t2f", "t1c", "t2w", "t1n")}, label="y")
+    assert [p.name for p in output_paths(case, "out", config).values()] == [
+        *(f"BraTS-GLI-00000-000-{m}.nii.gz" for m in config.modalities), "BraTS-GLI-00000-000-seg.nii.gz"
+    ]
+    assert config_for_task("lgg").label_suffix == "seg" and config_for_task(None).modalities is None
+    with pytest.raises(ValueError, match="unknown task 'brats2019'"):
+        config_for_task("brats2019")
 
 
 # ------------------------------------------------------------------------------------- batch

@@ -71,7 +71,7 @@ def test_all_steps_on_a_synthetic_case(one_case: Path, tmp_path: Path, fast_conf
 def test_steps_switched_off_only_reorient(one_case: Path) -> None:
     """With every step off, the output is the input on its own grid, reoriented to RAS (already RAS here)."""
     case = _case(one_case)
-    config = PreprocessConfig(task="brats2021", spacing=None, n4=False, register=False, normalize=False)
+    config = PreprocessConfig(modalities=tuple(MODALITIES), spacing=None, n4=False, register=False, normalize=False)
     result = preprocess_case(case, config)
     assert [s["step"] for s in result.record["steps"]] == ["read", "reorient", "mask", "resample"]
     for modality, path in case.images.items():
@@ -95,19 +95,23 @@ def test_msd_style_4d_input(tmp_path: Path, fast_config: PreprocessConfig) -> No
     entry = {"case_id": "BRATS_000", "image": image, "label": str(tmp_path / "msd" / "labelsTr" / "BRATS_000.nii.gz")}
     case = case_from_entry(entry, ["flair", "t1", "t1c", "t2"])
     assert case.channels == {"flair": 0, "t1": 1, "t1c": 2, "t2": 3}
-    config = replace(fast_config, task="msd_task01", register=False)
+    config = replace(fast_config, modalities=("flair", "t1", "t1c", "t2"), label_values=(0, 1, 2, 3), register=False)
     result = preprocess_case(case, config, tmp_path / "out")
     assert sorted(p.name for p in result.outputs.values()) == sorted(
         [f"BRATS_000_{m}.nii.gz" for m in ("flair", "t1", "t1c", "t2")] + ["BRATS_000_seg.nii.gz"]
     )
 
 
-def test_output_names_follow_the_task_separator(tmp_path: Path) -> None:
-    case = Case("BraTS-GLI-00000-000", {m: "x" for m in ("t1c", "t1n", "t2w", "t2f")}, label="y")
-    paths = output_paths(case, tmp_path, "brats2023")
+def test_output_names_follow_the_separator_and_label_suffix(tmp_path: Path) -> None:
+    case = Case("BraTS-GLI-00000-000", {m: "x" for m in ("t2f", "t1c", "t1n", "t2w")}, label="y")
+    config = PreprocessConfig(modalities=("t1c", "t1n", "t2w", "t2f"), separator="-", label_suffix="mask")
+    paths = output_paths(case, tmp_path, config)
+    assert list(paths) == ["t1c", "t1n", "t2w", "t2f", "label"]  # the configured channel order
     assert paths["t2f"].name == "BraTS-GLI-00000-000-t2f.nii.gz"
-    assert paths["label"].name == "BraTS-GLI-00000-000-seg.nii.gz"
+    assert paths["label"].name == "BraTS-GLI-00000-000-mask.nii.gz"
     assert sidecar_path(tmp_path, case.case_id).name == "BraTS-GLI-00000-000_preprocess.json"
+    assert [p.name for p in output_paths(case, tmp_path).values()][:2] == [  # no config: the case's own order, "_"
+        "BraTS-GLI-00000-000_t2f.nii.gz", "BraTS-GLI-00000-000_t1c.nii.gz"]
 
 
 # --------------------------------------------------------------------------------- bad inputs
@@ -168,7 +172,8 @@ def test_constant_modality(bad_case, fast_config) -> None:
 def test_modality_names_not_of_the_task(bad_case, fast_config) -> None:
     case, run = bad_case
     renamed = Case(case.case_id, {("t2w" if k == "t2" else k): v for k, v in case.images.items()}, case.label)
-    run(fast_config, ValueError, r"BraTS2021_00000: missing modalities \['t2'\] and unknown modalities \['t2w'\] for task 'brats2021'", renamed)
+    run(fast_config, ValueError, r"BraTS2021_00000: missing modalities \['t2'\] and unknown modalities \['t2w'\]; "
+                                r"expected the modalities \['t1c', 't1', 't2', 'flair'\]", renamed)
 
 
 def test_missing_modality(bad_case, fast_config) -> None:
@@ -183,13 +188,15 @@ def test_missing_modality_file(bad_case, fast_config) -> None:
     run(fast_config, ImageFileError, r"_flair\.nii\.gz: file not found")
 
 
-def test_label_values_outside_the_scheme(bad_case, fast_config) -> None:
+def test_label_values_outside_the_configured_ones(bad_case, fast_config) -> None:
     case, run = bad_case
     label = nib.load(case.label)
     data = np.asarray(label.dataobj).copy()
     data[data == 4] = 3
     nib.save(nib.Nifti1Image(data, label.affine), case.label)
-    run(fast_config, ImageFileError, r"_seg\.nii\.gz: label values \[3\] are not in the brats2021 scheme")
+    run(fast_config, ImageFileError, r"_seg\.nii\.gz: label values \[3\] are not among the expected values \[0, 1, 2, 4\]")
+    unchecked = replace(fast_config, label_values=None, n4=False, register=False)
+    assert 3 in np.unique(sitk_to_array(preprocess_case(case, unchecked).label))
 
 
 def test_label_on_another_grid(bad_case, fast_config) -> None:
@@ -201,7 +208,7 @@ def test_label_on_another_grid(bad_case, fast_config) -> None:
 
 def test_reference_not_among_modalities(bad_case, fast_config) -> None:
     _, run = bad_case
-    run(replace(fast_config, task=None, reference="t1gd"), ValueError, "reference modality 't1gd' is not among")
+    run(replace(fast_config, modalities=None, reference="t1gd"), ValueError, "reference modality 't1gd' is not among")
 
 
 def test_unsafe_case_id(bad_case, fast_config) -> None:
@@ -237,7 +244,10 @@ def test_failed_write_removes_what_it_wrote(one_case: Path, tmp_path: Path, fast
         ({"orientation": "RAI"}, "unknown orientation"),
         ({"mask_method": "brain"}, "unknown mask method"),
         ({"clip_percentiles": (99.0, 1.0)}, "clip_percentiles"),
-        ({"task": "brats2019"}, "unknown task 'brats2019'"),
+        ({"modalities": ("t1c", "t1", "t1c")}, "modalities must be distinct"),
+        ({"modalities": ("t1", "t2")}, "reference modality 't1c' is not among the modalities"),
+        ({"separator": "/"}, "separator is part of a file name"),
+        ({"label_suffix": ""}, "label_suffix is part of a file name"),
         ({"image_interpolator": "cubic"}, "unknown image interpolator"),
     ],
 )
@@ -247,7 +257,9 @@ def test_bad_config_is_named(settings: dict, message: str) -> None:
 
 
 def test_config_round_trip_and_fingerprint() -> None:
-    config = PreprocessConfig(task="lgg", spacing=(1.0, 1.0, 3.0), clip_percentiles=(0.5, 99.5))
+    config = PreprocessConfig(modalities=["t1", "flair", "t1c"], label_values=[1, 0], spacing=(1.0, 1.0, 3.0),
+                              clip_percentiles=(0.5, 99.5))
+    assert config.modalities == ("t1", "flair", "t1c") and config.label_values == (0, 1)
     assert PreprocessConfig.from_dict(config.to_dict()) == config
     assert replace(config, crop_margin=0).fingerprint() != config.fingerprint()
 

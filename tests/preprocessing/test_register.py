@@ -116,7 +116,7 @@ RAW = {"t1c": "t1c", "t1": "t1", "t2": "t2", "flair": "fla"}
 def raw_aligned(raw_study_dir: Path):
     """The raw study registered to its T1c and resampled onto the T1c grid (no N4, no normalisation)."""
     case = Case("TCGA-FG-6692", {m: str(raw_study_dir / f"TCGA-FG-6692_{s}.nii.gz") for m, s in RAW.items()})
-    config = PreprocessConfig(task="brats2021", spacing=None, n4=False, normalize=False)
+    config = PreprocessConfig(modalities=tuple(RAW), spacing=None, n4=False, normalize=False)
     return case, preprocess_case(case, config)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from brats_pipeline.data.sharding import (
+from preprocessing.sharding import (
     case_key,
     format_shard,
     parse_shard,
@@ -131,7 +131,7 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 def test_merge_manifests_of_complete_shards(tmp_path: Path) -> None:
-    from brats_pipeline.data.sharding import merge_manifests
+    from preprocessing.sharding import merge_manifests
 
     a = _write(tmp_path / "m0.json", [{"case_id": "c2", "status": "ok"}, {"case_id": "c0", "status": "skipped"}])
     b = _write(tmp_path / "m1.json", [{"case_id": "c1", "status": "ok"}])
@@ -143,7 +143,7 @@ def test_merge_manifests_of_complete_shards(tmp_path: Path) -> None:
 
 
 def test_merge_manifests_names_every_problem(tmp_path: Path) -> None:
-    from brats_pipeline.data.sharding import merge_manifests
+    from preprocessing.sharding import merge_manifests
 
     a = _write(tmp_path / "m0.json", [{"case_id": "c0", "status": "ok"}, {"case_id": "c1", "status": "failed", "error": "bad header\nmore"}])
     b = _write(tmp_path / "m1.json", [{"case_id": "c0", "status": "ok"}])
@@ -158,7 +158,7 @@ def test_merge_manifests_names_every_problem(tmp_path: Path) -> None:
 
 
 def test_merge_command_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from brats_pipeline.data.sharding import main
+    from preprocessing.sharding import main
 
     a = _write(tmp_path / "m0.json", [{"case_id": "c0", "status": "ok"}])
     b = _write(tmp_path / "m1.json", [{"case_id": "c1", "status": "ok"}])

@@ -1,8 +1,8 @@
 """Split a cohort into N shards for job arrays: ``--shard I/N`` in every batch command.
 
-The one rule, shared by ``brats-preprocess`` and ``brats-infer``: sort the cases by case id,
-then shard ``I`` of ``N`` takes every ``N``-th case starting at position ``I``. Hence, for a
-given cohort and ``N``:
+The one rule, shared by ``brats-preprocess`` (:mod:`preprocessing.batch`) and ``brats-infer``:
+sort the cases by case id, then shard ``I`` of ``N`` takes every ``N``-th case starting at
+position ``I``. Hence, for a given cohort and ``N``:
 
 * the shards are **disjoint** and together **cover** every case;
 * their sizes differ by **at most one** (``len(cases) // N`` or one more);
@@ -14,7 +14,7 @@ array task of one submission on the same datalist (the batch commands skip finis
 so a re-run on a grown cohort never redoes work, it only re-balances what is left).
 
 The shards' manifests (one per array task) are merged by :func:`merge_manifests`, also from a
-job script: ``python -m brats_pipeline.data.sharding merge -o OUT/manifest.json SHARD_MANIFEST...``.
+job script: ``python -m preprocessing.sharding merge -o OUT/manifest.json SHARD_MANIFEST...``.
 """
 
 from __future__ import annotations
@@ -204,11 +204,11 @@ def merge_manifests(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m brats_pipeline.data.sharding merge -o OUT SHARD_MANIFEST...``: 0 if every case was done once, else 1."""
+    """``python -m preprocessing.sharding merge -o OUT SHARD_MANIFEST...``: 0 if every case was done once, else 1."""
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m brats_pipeline.data.sharding", description=__doc__.split("\n")[0], allow_abbrev=False
+        prog="python -m preprocessing.sharding", description=__doc__.split("\n")[0], allow_abbrev=False
     )
     sub = parser.add_subparsers(dest="command", required=True)
     merge = sub.add_parser("merge", help="merge the shard manifests of a batch run into one", allow_abbrev=False)

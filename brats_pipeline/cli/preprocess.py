@@ -1,4 +1,10 @@
-"""``brats-preprocess``: the ITK stage over a cohort or one explicitly named case.
+"""``brats-preprocess``: the ITK stage (:mod:`preprocessing`) over a cohort or one explicitly named case.
+
+The task-aware glue around the task-free ``preprocessing`` package: a task name becomes the
+modality names, label values and file naming of a :class:`~preprocessing.config.PreprocessConfig`
+(:func:`config_for_task`), a dataset folder in the task's layout or a datalist becomes
+:class:`~preprocessing.pipeline.Case` objects (:func:`cases_from_input`), and
+:func:`preprocessing.batch.run_batch` does the rest.
 
 Batch form (a datalist JSON, or a dataset folder in the task's layout)::
 
@@ -23,11 +29,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from preprocessing.batch import CaseStatus, parse_shard, run_batch
+from brats_pipeline.constants import Task, get_task
+from preprocessing.batch import CaseStatus, run_batch
+from preprocessing.config import PreprocessConfig
 from preprocessing.n4 import N4Config
 from preprocessing.outputs import prepare_output_folder
-from preprocessing.pipeline import Case, PreprocessConfig, case_from_entry
+from preprocessing.pipeline import Case, case_from_entry
 from preprocessing.register import RegistrationConfig
+from preprocessing.sharding import parse_shard
 
 
 class UsageError(ValueError):
@@ -78,10 +87,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_for_task(task: str | Task | None, **settings: Any) -> PreprocessConfig:
+    """A :class:`PreprocessConfig` with ``task``'s modality names (channel order), label values and file naming.
+
+    Args:
+        task: task name (``brats2021`` ...); ``None``: any modality names, labels unchecked,
+            ``<case>_<modality>.nii.gz`` names.
+        settings: the other :class:`PreprocessConfig` fields (``reference``, ``spacing`` ...).
+
+    Raises:
+        ValueError: an unknown task name (listing the known ones), or bad settings.
+    """
+    if task is None:
+        return PreprocessConfig(**settings)
+    t = get_task(task)
+    return PreprocessConfig(
+        modalities=t.modality_names,
+        label_values=t.label_values,
+        separator=t.separator,
+        label_suffix=t.label_suffixes[0],
+        **settings,
+    )
+
+
 def config_from_args(args: argparse.Namespace, task: str | None) -> PreprocessConfig:
     """The :class:`PreprocessConfig` an argument namespace asks for."""
-    return PreprocessConfig(
-        task=task,
+    return config_for_task(
+        task,
         reference=args.reference,
         orientation=None if args.orientation == "keep" else args.orientation,
         spacing=tuple(args.spacing) if args.resample else None,
@@ -127,7 +159,6 @@ def cases_from_input(
     Raises:
         UsageError: missing input, no task, or a datalist whose modalities differ from the task's.
     """
-    from brats_pipeline.constants import get_task
     from brats_pipeline.data.datalist import build_datalist, load_datalist
     from brats_pipeline.data.discovery import discover_cases
 
@@ -178,8 +209,6 @@ def cases_from_input(
 
 def _single_case_header(case: Case, task: str | None) -> dict[str, Any]:
     if task is not None:
-        from brats_pipeline.constants import get_task
-
         t = get_task(task)
         return {
             "name": case.case_id,
@@ -216,15 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.label is not None:
                 raise UsageError("--label belongs to the single-case form; a datalist names its labels")
             task, cases, bad, header, skipped = cases_from_input(args.input, args.task, args.folds)
+        names = None if task is None else list(get_task(task).modality_names)
+        if names is not None and args.reference not in names:
+            raise UsageError(f"--reference {args.reference!r} is not a modality of task {task!r} {names}")
         config = config_from_args(args, task)
         for case in cases if single else []:
-            case.validate(config.task, config.reference)  # the explicit case: wrong names are a usage error
-        if config.task is not None:
-            from brats_pipeline.constants import get_task
-
-            names = get_task(config.task).modality_names
-            if config.reference not in names:
-                raise UsageError(f"--reference {config.reference!r} is not a modality of task {config.task!r} {list(names)}")
+            case.validate(config.modalities, config.reference)  # the explicit case: wrong names are a usage error
         prepare_output_folder(args.output, depth=1)  # an existing file, under a file, not writable: OutputFolderError
     except ValueError as exc:  # UsageError, bad settings, unsafe or repeated case ids, an unusable -o alike
         parser.print_usage(sys.stderr)
