@@ -268,6 +268,33 @@ BRATS2021 = Task(
     synth_case_format="BraTS2021_{i:05d}",
 )
 
+BRATS2015 = Task(
+    name="brats2015",
+    description="BraTS 2013-2015 glioma: labels 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing "
+    "(case folders converted to NIfTI, e.g. brats_2013_pat0001_1/brats_2013_pat0001_1_flair.nii.gz)",
+    modalities=(
+        Modality("t1c", "t1c", ("t1c", "t1ce")),
+        Modality("t1", "t1", ("t1",)),
+        Modality("t2", "t2", ("t2",)),
+        Modality("flair", "flair", ("flair",)),
+    ),
+    labels={1: "necrosis", 2: "oedema", 3: "non-enhancing tumour", 4: "enhancing tumour"},
+    # BraTS 2015 regions (Menze et al. 2015): complete = all four, core = all but oedema,
+    # enhancing = 4. TC owns two labels (1, 3) beside ET, so a fourth channel, necrosis {1},
+    # keeps labels <-> regions exact (TC then owns 3, the non-enhancing tumour).
+    regions=(
+        Region("TC", frozenset({1, 3, 4}), "tumour core: necrosis + non-enhancing + enhancing"),
+        Region("WT", frozenset({1, 2, 3, 4}), "whole (complete) tumour: core + oedema"),
+        Region("ET", frozenset({4}), "enhancing (active) tumour"),
+        Region("NCR", frozenset({1}), "necrosis (keeps the non-enhancing label 3 recoverable)"),
+    ),
+    compartment_labels={"necrosis": 1, "edema": 2, "enhancing": 4},  # phantoms draw no label 3
+    separator="_",
+    label_suffixes=("seg", "ot"),
+    patient_pattern=r"^(brats_(?:2013|tcia)_pat\d+)_\d+$",
+    synth_case_format="brats_2013_pat{i:04d}_1",
+)
+
 BRATS2023 = Task(
     name="brats2023",
     description="BraTS 2023+ glioma: labels 1 NETC, 2 SNFH, 3 ET (BraTS-GLI-00000-000 folders)",
@@ -320,7 +347,7 @@ LGG = Task(
 )
 
 #: Registry of tasks by name; ``brats2020`` reads BraTS 2020 with the BraTS 2021 scheme (same labels).
-TASKS: dict[str, Task] = {t.name: t for t in (BRATS2021, BRATS2023, MSD_TASK01, LGG)}
+TASKS: dict[str, Task] = {t.name: t for t in (BRATS2015, BRATS2021, BRATS2023, MSD_TASK01, LGG)}
 TASK_ALIASES: dict[str, str] = {"brats2020": "brats2021"}
 
 

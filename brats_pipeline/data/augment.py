@@ -5,13 +5,14 @@ Per-sample stock transforms dominate a GPU training step (``Rand3DElasticd`` alo
 the CPU). :class:`BatchAugment` instead works on a whole batch with torch, 3D
 ``(B, C, X, Y, Z)`` or 2D ``(B, C, X, Y)`` (slices; rotation in-plane), with the same settings:
 
-* every spatial transform of a sample — flips, rotation, scaling, shear and the random
-  elastic field of :func:`~brats_pipeline.data.elastic.elastic_displacement` (amplitude in
-  voxels, the same as the per-sample CPU path's) — is composed into **one sampling grid**, and
-  image and label are resampled in a single ``grid_sample`` each (image bilinear; label
-  region channels bilinear then thresholded at 0.5). A sample that drew flips only (with
-  ``spatial_prob`` 0.5 about half of them) is its centre window flipped and copied — what the
-  grid would sample, without the interpolation's cost;
+* every spatial transform of a sample — flips, transpose, rot90, rotation, scaling, shear,
+  shift and the random elastic field of :mod:`~brats_pipeline.data.elastic` (amplitude or
+  α/σ form, in voxels, the same as the per-sample CPU path's) — is composed into **one
+  sampling grid**, and image and label are resampled in a single ``grid_sample`` each (image
+  bilinear; label region channels bilinear then thresholded at 0.5). A sample that drew only
+  exact permutations (flips, transpose, rot90; with ``spatial_prob`` 0.5 about half of them)
+  is its centre window permuted and copied — what the grid would sample, without the
+  interpolation's cost;
 * intensity scale/shift, gamma, Gaussian noise and Gaussian smoothing are drawn with torch
   on the device and applied in place on the output.
 
@@ -24,12 +25,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from brats_pipeline.data.elastic import centred_voxels, elastic_displacement, grid_from_voxels
+from brats_pipeline.data.elastic import (
+    centred_voxels,
+    elastic_displacement,
+    grid_from_voxels,
+    smooth_displacement,
+)
 from brats_pipeline.data.transforms import AugmentationConfig
 
 
@@ -45,6 +51,38 @@ def _rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
     ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).view(-1, 3, 3)
     rz = torch.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one], -1).view(-1, 3, 3)
     return rz @ ry @ rx
+
+
+def _shear_matrices(factors: torch.Tensor) -> torch.Tensor:
+    """(B, D, D) shear matrices from the off-diagonal entries of ``factors`` (B, D, D), by MONAI's own
+    ``create_shear`` — the CPU path's ``RandAffined`` definition with whichever MONAI is installed
+    (>= 1.6 composes one elementary shear per factor, determinant 1; older ones set the off-diagonals)."""
+    from monai.transforms.utils import create_shear
+
+    dims = factors.shape[-1]
+    off = ~torch.eye(dims, dtype=torch.bool, device=factors.device)
+    coefs = factors[:, off].double().cpu().tolist()  # row-major: MONAI's coefficient order
+    mats = [torch.as_tensor(create_shear(dims, c, backend="torch")[:dims, :dims]) for c in coefs]
+    return torch.stack(mats).to(device=factors.device, dtype=factors.dtype)
+
+
+class Draws(NamedTuple):
+    """One batch's random spatial draws: output voxel ``x`` (centred) samples the input at
+    ``(linear @ ((discrete @ x) * spacing) + offset) / spacing`` (+ the elastic field), in voxels."""
+
+    linear: torch.Tensor  # (B, D, D) rotation @ shear @ scaling, physical (identity where not drawn)
+    offset: torch.Tensor  # (B, D) the shift in mm, turned by rotation @ shear
+    discrete: torch.Tensor  # (B, D, D) signed permutation in voxels: flips, transpose, rot90
+    moved: torch.Tensor  # (B,) bool: drew a rotation/scaling/shear/shift
+
+
+def _permute(window: torch.Tensor, discrete: torch.Tensor) -> torch.Tensor:
+    """``window`` (C, *size) resampled by the signed permutation ``discrete`` (D, D), exactly."""
+    dims = discrete.shape[0]
+    flips = [1 + k for k in range(dims) if discrete[k].sum() < 0]
+    order = [int(discrete[:, j].abs().argmax()) for j in range(dims)]  # output axis j reads input axis order[j]
+    out = window.flip(flips) if flips else window
+    return out.permute(0, *(1 + k for k in order)) if order != list(range(dims)) else out
 
 
 class BatchAugment(torch.nn.Module):
@@ -79,36 +117,51 @@ class BatchAugment(torch.nn.Module):
             raise ValueError(f"BatchAugment spacing must be 2 or 3 positive sizes in mm, got {self.spacing}")
 
     # ------------------------------------------------------------------ spatial
-    def _affine(self, batch: int, dims: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-sample random maps (output -> input, physical mm).
-
-        Returns ``(linear, flips, moved)``: ``linear`` (B, D, D) rotation @ shear @ scaling
-        (identity where not drawn), ``flips`` (B, D) of ±1, and ``moved`` (B,) bool, the
-        samples that drew a rotation/scaling/shear. The full map is ``linear @ diag(flips)``.
-        """
+    def _affine(self, batch: int, out_size: Sequence[int], spacing: Sequence[float], device: torch.device) -> Draws:
+        """Per-sample random maps (:class:`Draws`); random numbers only for the options that are on."""
         cfg = self.config
+        dims = len(out_size)
         eye = torch.eye(dims, device=device).expand(batch, dims, dims).clone()
-        linear, moved = eye, torch.zeros(batch, dtype=torch.bool, device=device)
+        linear, offset = eye, torch.zeros(batch, dims, device=device)
+        moved = torch.zeros(batch, dtype=torch.bool, device=device)
         if cfg.spatial_prob > 0:
             on = (torch.rand(batch, device=device) < cfg.spatial_prob).float().view(-1, 1)
             n_angles = 3 if dims == 3 else 1
             angles = (torch.rand(batch, n_angles, device=device) * 2 - 1) * math.radians(cfg.rotate_deg) * on
             scales = 1 + (torch.rand(batch, dims, device=device) * 2 - 1) * cfg.scale * on
-            shear = eye + ((torch.rand(batch, dims, dims, device=device) * 2 - 1) * cfg.shear * on.view(-1, 1, 1)) * (1 - eye)
-            linear = _rotation_matrices(angles) @ shear @ torch.diag_embed(scales)
+            factors = (torch.rand(batch, dims, dims, device=device) * 2 - 1) * cfg.shear * on.view(-1, 1, 1)
+            shear = _shear_matrices(factors) if cfg.shear > 0 else eye
+            turn = _rotation_matrices(angles) @ shear
+            linear = turn @ torch.diag_embed(scales)
+            if cfg.shift > 0:  # voxels of the output patch -> mm, turned with the rotation and shear (as MONAI)
+                size = torch.tensor([float(n) for n in out_size], device=device)
+                shift = (torch.rand(batch, dims, device=device) * 2 - 1) * cfg.shift * size * on
+                offset = torch.einsum("bij,bj->bi", turn, shift * torch.tensor(spacing, device=device))
             moved = on.view(-1) > 0
-        flips = torch.ones(batch, dims, device=device)
+        discrete = eye.clone()
         if cfg.flip_prob > 0:
-            flips = torch.where(torch.rand(batch, dims, device=device) < cfg.flip_prob, -1.0, 1.0)
-        return linear, flips, moved
+            discrete = torch.diag_embed(torch.where(torch.rand(batch, dims, device=device) < cfg.flip_prob, -1.0, 1.0))
+        if cfg.transpose_prob > 0:
+            swap = torch.eye(dims, device=device)[[1, 0, *range(2, dims)]]
+            discrete = torch.where((torch.rand(batch, device=device) < cfg.transpose_prob).view(-1, 1, 1), swap @ discrete, discrete)
+        if cfg.rot90_prob > 0:
+            quarter = torch.eye(dims, device=device)
+            quarter[:2, :2] = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], device=device)  # torch.rot90 k=1, axes (x, y)
+            turns = [torch.linalg.matrix_power(quarter, k) for k in range(4)]
+            k = torch.randint(1, 4, (batch,), device=device) * (torch.rand(batch, device=device) < cfg.rot90_prob)
+            discrete = torch.stack(turns)[k] @ discrete
+        return Draws(linear, offset, discrete, moved)
 
     def _elastic(self, batch: int, size: Sequence[int], device: torch.device) -> torch.Tensor | None:
-        """(B, *size, D) displacement in voxels (:func:`elastic_displacement`), or ``None``."""
+        """(B, *size, D) displacement in voxels (:mod:`~brats_pipeline.data.elastic`'s), or ``None``."""
         cfg = self.config
-        if cfg.elastic_prob <= 0 or cfg.elastic_magnitude <= 0:
+        if cfg.elastic_prob <= 0 or (cfg.elastic_magnitude <= 0 and cfg.elastic_alpha <= 0):
             return None
         dims = len(size)
         on = (torch.rand(batch, device=device) < cfg.elastic_prob).float().view(-1, *([1] * (dims + 1)))
+        if cfg.elastic_alpha > 0:
+            unit = torch.rand(batch, dims, *size, device=device)
+            return smooth_displacement(unit, cfg.elastic_alpha, cfg.elastic_sigma) * on
         unit = torch.rand(batch, dims, *(cfg.elastic_control_points,) * dims, device=device)
         return elastic_displacement(unit, cfg.elastic_magnitude, size) * on
 
@@ -120,20 +173,26 @@ class BatchAugment(torch.nn.Module):
             raise ValueError(f"BatchAugment out_size {out_size} has {len(out_size)} axes, the batch {dims} ({tuple(in_size)})")
         if len(spacing) != dims:
             raise ValueError(f"BatchAugment spacing {spacing} has {len(spacing)} axes, the batch {dims} ({tuple(in_size)})")
+        if self.config.permutes_plane and out_size[0] != out_size[1]:
+            raise ValueError(f"transpose/rot90 need a square x-y plane; the output size is {out_size}")
         return out_size, spacing
 
     def sampling_grid(self, batch: int, in_size: Sequence[int], device: torch.device) -> torch.Tensor:
         """Normalised ``grid_sample`` grid (B, *out_size, D) mapping output voxels into the input (every sample)."""
         out_size, spacing = self._check_sizes(in_size)
-        linear, flips, _ = self._affine(batch, len(in_size), device)
-        return self._grid(linear @ torch.diag_embed(flips), self._elastic(batch, out_size, device), in_size, out_size, spacing)
+        draws = self._affine(batch, out_size, spacing, device)
+        return self._grid(draws, self._elastic(batch, out_size, device), in_size, out_size, spacing)
 
     @staticmethod
-    def _grid(mats: torch.Tensor, disp: torch.Tensor | None, in_size: Sequence[int], out_size: Sequence[int],
+    def _grid(draws: Draws, disp: torch.Tensor | None, in_size: Sequence[int], out_size: Sequence[int],
               spacing_: Sequence[float]) -> torch.Tensor:
-        spacing = torch.tensor(spacing_, device=mats.device)
+        spacing = torch.tensor(spacing_, device=draws.linear.device)
+        mats = draws.linear @ (draws.discrete * spacing[:, None] / spacing[None, :])  # the permutation acts on voxels
         physical = centred_voxels(out_size, mats.device) * spacing
-        src = torch.einsum("bij,...j->b...i", mats, physical) / spacing  # back to input voxels, centred
+        src = torch.einsum("bij,...j->b...i", mats, physical)
+        if bool(draws.offset.any()):
+            src = src + draws.offset.view(-1, *([1] * len(out_size)), len(out_size))
+        src = src / spacing  # back to input voxels, centred
         if disp is not None:
             src = src + disp
         return grid_from_voxels(src, in_size)
@@ -171,10 +230,10 @@ class BatchAugment(torch.nn.Module):
             raise ValueError(f"label shape {tuple(label.shape)} does not match image shape {tuple(image.shape)}")
         in_size = tuple(image.shape[2:])
         out_size, spacing = self._check_sizes(in_size)
-        batch, dims, device = image.shape[0], len(in_size), image.device
-        linear, flips, moved = self._affine(batch, dims, device)
+        batch, device = image.shape[0], image.device
+        draws = self._affine(batch, out_size, spacing, device)
         disp = self._elastic(batch, out_size, device)
-        warped = moved.clone()
+        warped = draws.moved.clone()
         if disp is not None:
             warped |= disp.flatten(1).abs().amax(1) > 0
         margins = [n - m for n, m in zip(in_size, out_size)]
@@ -182,10 +241,10 @@ class BatchAugment(torch.nn.Module):
             warped[:] = True
         out = image.new_empty((batch, image.shape[1], *out_size))
         out_label = None if label is None else label.new_empty((batch, label.shape[1], *out_size))
-        # samples with a rotation, scaling, shear or elastic field: one bilinear resampling each
+        # samples with a rotation, scaling, shear, shift or elastic field: one bilinear resampling each
         index = warped.nonzero().flatten()
         if index.numel():
-            grid = self._grid(linear[index] @ torch.diag_embed(flips[index]), None if disp is None else disp[index],
+            grid = self._grid(Draws(*(t[index] for t in draws)), None if disp is None else disp[index],
                               in_size, out_size, spacing).to(image.dtype)
             out.index_copy_(0, index, F.grid_sample(image.index_select(0, index), grid, mode="bilinear",
                                                     padding_mode="zeros", align_corners=True))
@@ -193,13 +252,14 @@ class BatchAugment(torch.nn.Module):
                 moved_label = F.grid_sample(label.index_select(0, index).to(image.dtype), grid, mode="bilinear",
                                             padding_mode="zeros", align_corners=True)
                 out_label.index_copy_(0, index, (moved_label > 0.5).to(label.dtype))
-        # the others (flips at most): the centre window, flipped, copied exactly (what the grid would sample)
+        # the others (flips, transpose, rot90 at most): the centre window, permuted, copied exactly
+        # (what the grid would sample)
         window = (slice(None), *(slice(m // 2, m // 2 + n) for m, n in zip(margins, out_size)))
+        discrete = draws.discrete.cpu()
         for i in (~warped).nonzero().flatten().tolist():
-            axes = [1 + d for d in range(dims) if flips[i, d] < 0]
-            out[i].copy_(image[i][window].flip(axes) if axes else image[i][window])
+            out[i].copy_(_permute(image[i][window], discrete[i]))
             if label is not None:
-                out_label[i].copy_(label[i][window].flip(axes) if axes else label[i][window])
+                out_label[i].copy_(_permute(label[i][window], discrete[i]))
         return self._intensity(out), out_label
 
 

@@ -11,24 +11,24 @@ which is what the networks are trained on.
   the data module; validation and inference reuse it.
 * :func:`patch_sampling` — the cheap random step that always runs on the CPU: sample patches
   from a cached volume (label-balanced positive/negative or uniform).
-* :func:`cpu_augmentation` — per-sample random transforms (flips, rotation, scaling, shear,
-  elastic, intensity scale/shift, gamma, noise, smoothing; 2D or 3D) for machines without a
-  GPU: stock MONAI transforms, and :class:`RandElasticd` for the elastic deformation.
+* :func:`cpu_augmentation` — per-sample random transforms (flips, transpose, rot90, rotation,
+  scaling, shear, shift, elastic, intensity scale/shift, gamma, noise, smoothing; 2D or 3D)
+  for machines without a GPU: stock MONAI transforms where they exist.
   :class:`brats_pipeline.data.augment.BatchAugment` does the same on whole batches on tensors.
 
-The elastic deformation has one definition, :func:`brats_pipeline.data.elastic.elastic_displacement`,
-used by both paths:
-``elastic_magnitude`` is in voxels (see :class:`AugmentationConfig`).
+Each option has one definition for both paths (:class:`AugmentationConfig`); the elastic
+fields are :mod:`brats_pipeline.data.elastic`'s, in voxels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, RandAffined, RandomizableTransform
 
 from brats_pipeline.constants import Task, get_task
 from brats_pipeline.data.input_files import (
@@ -45,16 +45,50 @@ from brats_pipeline.data.input_files import (
 class AugmentationConfig:
     """Which random transforms run, and their ranges (defaults follow the seed papers / nnU-Net).
 
-    Probabilities are per sample. Angles in degrees (3D: about each axis; 2D: in-plane),
-    ``scale`` as a fraction (0.1 = ±10 %), ``shear`` as a fraction of the other axes' offsets.
+    Probabilities are per sample. Every new option defaults to off; :meth:`paper_table` is the
+    augmentation table of the seed paper (``configs/augmentation_paper_table.yaml``).
 
-    Elastic deformation (both paths, :func:`~brats_pipeline.data.elastic.elastic_displacement`): ``elastic_control_points``
-    per axis, spread evenly over the patch, corners included; each moves by a displacement
-    drawn uniformly in ``[-elastic_magnitude, elastic_magnitude]`` **voxels** along each axis,
-    and the field is linearly interpolated in between. So no voxel moves more than
-    ``elastic_magnitude`` voxels along any axis, and the mean displacement (vector length)
-    is about half of it, 2D or 3D: 2 voxels for the default 4 (measured on both paths in
-    ``tests/brats_pipeline/test_augment.py``). Voxels, not mm: the field lives on the grid.
+    Spatial, one random affine map per sample with ``spatial_prob`` (MONAI ``RandAffine``'s
+    composition on both paths: output voxel ``x`` samples the input at ``R·Sh·(S·x + t)``,
+    about the patch centre):
+
+    * ``rotate_deg``: angles uniform in ±degrees (3D: about each axis; 2D: in-plane);
+    * ``scale``: zoom factors ``S`` uniform in ``1 ± scale`` per axis (0.1 = ±10 %; a factor
+      above 1 samples a larger field of view, so content shrinks by ``1/S``, as Keras'
+      ``zoom_range`` does);
+    * ``shear``: shear *factors* (the tangent of the shear angle) uniform in ±shear, one per
+      ordered axis pair, made into ``Sh`` by MONAI's ``create_shear`` on both paths;
+    * ``shift``: translation ``t`` uniform in ±``shift`` × the patch size along each axis, in
+      voxels (0.1 = ±10 %, Keras' ``width_shift_range``/``height_shift_range``); like MONAI and
+      Keras it is applied before rotation and shear, so with those on it turns with them.
+
+    Exact array permutations, no interpolation (the patch's x-y plane must be square):
+    ``flip_prob`` per axis; ``transpose_prob`` swaps x and y (Albumentations ``Transpose``);
+    ``rot90_prob`` rotates the x-y plane by k·90°, k uniform in {1, 2, 3} (MONAI
+    ``RandRotate90d``; Albumentations' ``RandomRotate90(p)`` draws k in {0..3}: ``rot90_prob``
+    = 0.75·p). 2D slices in-plane; 3D patches in the x-y plane.
+
+    Elastic deformation with ``elastic_prob``, one of two definitions (both paths,
+    :mod:`~brats_pipeline.data.elastic`), in **voxels**, not mm (the field lives on the grid):
+
+    * amplitude form (``elastic_alpha`` 0, the default): ``elastic_control_points`` per axis,
+      spread evenly over the patch, corners included; each moves by a displacement drawn
+      uniformly in ``[-elastic_magnitude, elastic_magnitude]`` voxels along each axis, linearly
+      interpolated in between. No voxel moves more than ``elastic_magnitude`` along any axis,
+      and the mean displacement (vector length) is about half of it, 2D or 3D: 2 voxels for
+      the default 4 (measured on both paths in ``tests/brats_pipeline/test_augment.py``);
+    * α/σ form (``elastic_alpha`` > 0; then ``elastic_magnitude`` and the control points are
+      not used): Simard et al.'s field — one uniform number in [-1, 1) per voxel and axis,
+      smoothed by a Gaussian of ``elastic_sigma`` voxels (truncated at 3σ, zeros outside) and
+      multiplied by ``elastic_alpha`` voxels; MONAI's ``Rand3DElastic`` with ``sigma_range=(σ, σ)``,
+      ``magnitude_range=(α, α)``. Each component has standard deviation
+      ``α/√3 · (2σ√π)^(-D/2)`` away from the border: α 34, σ 4 gives 1.38 pixels in 2D, 0.37
+      voxels in 3D (measured in ``tests/brats_pipeline/test_augmentation_table.py``).
+
+    Intensity: ``intensity_scale`` multiplies each channel by a factor uniform in ``1 ±`` it
+    (0.2: brightness 0.8-1.2) and ``intensity_shift`` adds ±it; ``gamma_range``: γ on the
+    [min, max] range (BatchAugment: per channel; MONAI's ``RandAdjustContrastd``: one γ over all
+    channels); Gaussian noise (std up to ``noise_std``) and smoothing (σ in voxels).
     """
 
     flip_prob: float = 0.5
@@ -62,9 +96,14 @@ class AugmentationConfig:
     rotate_deg: float = 20.0
     scale: float = 0.1
     shear: float = 0.05
+    shift: float = 0.0
+    transpose_prob: float = 0.0
+    rot90_prob: float = 0.0
     elastic_prob: float = 0.3
     elastic_magnitude: float = 4.0
     elastic_control_points: int = 5
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 0.0
     intensity_prob: float = 0.5
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
@@ -83,6 +122,24 @@ class AugmentationConfig:
             raise ValueError(f"elastic_magnitude must be >= 0 voxels, got {self.elastic_magnitude}")
         if self.elastic_control_points < 2:
             raise ValueError(f"elastic_control_points must be >= 2 per axis, got {self.elastic_control_points}")
+        if self.elastic_alpha < 0 or self.elastic_sigma < 0 or (self.elastic_alpha > 0) != (self.elastic_sigma > 0):
+            raise ValueError("elastic_alpha and elastic_sigma (voxels) are set together, both > 0 (0, 0: the amplitude "
+                             f"form), got {self.elastic_alpha}, {self.elastic_sigma}")
+        if not 0 <= self.shift < 1 or not 0 <= self.scale < 1:
+            raise ValueError(f"shift and scale are fractions in [0, 1), got {self.shift}, {self.scale}")
+
+    @property
+    def permutes_plane(self) -> bool:
+        """Whether transpose or rot90 may run (they need a square x-y plane)."""
+        return self.transpose_prob > 0 or self.rot90_prob > 0
+
+    @classmethod
+    def paper_table(cls) -> AugmentationConfig:
+        """The seed paper's augmentation table, from ``brats_pipeline/configs/augmentation_paper_table.yaml``."""
+        import yaml
+
+        path = Path(__file__).resolve().parents[1] / "configs" / "augmentation_paper_table.yaml"
+        return cls.from_any(yaml.safe_load(path.read_text())["data"]["augmentation"])
 
     @classmethod
     def none(cls) -> AugmentationConfig:
@@ -129,6 +186,58 @@ class LabelsToRegionsd(MapTransform):
                 raise ValueError(f"{source}: {err}") from err
             d[key] = MetaTensor(regions, meta=label.meta) if isinstance(label, MetaTensor) else regions
         return d
+
+
+def _spatial_size(value: Any) -> tuple[int, ...]:
+    return tuple(value.peek_pending_shape() if hasattr(value, "peek_pending_shape") else value.shape[1:])
+
+
+class CheckSquarePlaned(MapTransform):
+    """Raise ``ValueError`` unless each key's x-y plane is square (what transpose and rot90 need)."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            size = _spatial_size(d[key])
+            if len(size) < 2 or size[0] != size[1]:
+                raise ValueError(f"transpose/rot90 need a square x-y plane; {key!r} has spatial shape {size}")
+        return d
+
+
+class RandTransposed(RandomizableTransform, MapTransform):
+    """Swap the first two spatial axes (x, y) with probability ``prob``: Albumentations' ``Transpose``.
+
+    An exact permutation of the array (C×X×Y or C×X×Y×Z, X == Y); the same draw for every key.
+    """
+
+    def __init__(self, keys: str | Sequence[str], prob: float = 0.5) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        if self._do_transform:
+            for key in self.key_iterator(d):
+                d[key] = d[key].transpose(1, 2).contiguous()
+        return d
+
+
+class RandShiftAffined(RandAffined):
+    """MONAI ``RandAffined`` whose ``translate_range`` is ``shift`` × each sample's size along each axis (voxels).
+
+    ``RandAffined`` takes its translation range in voxels, fixed when built; this sets it from
+    the sample before each call, so ``shift`` 0.1 moves by up to 10 % of the patch.
+    """
+
+    def __init__(self, keys: str | Sequence[str], shift: float, **kwargs: Any) -> None:
+        super().__init__(keys, **kwargs)
+        self.shift = float(shift)
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        size = _spatial_size(data[self.keys[0]])
+        self.rand_affine.rand_affine_grid.translate_range = tuple(self.shift * int(n) for n in size)
+        return super().__call__(data, lazy)
 
 
 def deterministic_transforms(
@@ -224,7 +333,10 @@ def patch_sampling(
 def cpu_augmentation(config: AugmentationConfig | Mapping[str, Any] | None = None, spatial_dims: int = 3) -> list[Any]:
     """Per-sample random transforms (the CPU path; ``BatchAugment`` does whole batches on tensors).
 
-    Stock MONAI transforms, plus :class:`RandElasticd` (the shared elastic definition).
+    Stock MONAI transforms (``RandFlipd``, ``RandRotate90d``, ``RandAffined`` — with
+    :class:`RandShiftAffined` for ``shift``, a fraction of each sample's size — intensity ones),
+    plus :class:`RandTransposed` (MONAI has no random transpose) and
+    :class:`~brats_pipeline.data.elastic.RandElasticd` (the shared elastic definitions).
     ``label`` holds region channels (float); spatial transforms resample it with nearest
     neighbour so it stays binary.
 
@@ -234,10 +346,10 @@ def cpu_augmentation(config: AugmentationConfig | Mapping[str, Any] | None = Non
     """
     from monai.transforms import (
         RandAdjustContrastd,
-        RandAffined,
         RandFlipd,
         RandGaussianNoised,
         RandGaussianSmoothd,
+        RandRotate90d,
         RandScaleIntensityd,
         RandShiftIntensityd,
     )
@@ -252,18 +364,22 @@ def cpu_augmentation(config: AugmentationConfig | Mapping[str, Any] | None = Non
     steps: list[Any] = []
     if cfg.flip_prob > 0:
         steps += [RandFlipd(keys=keys, prob=cfg.flip_prob, spatial_axis=axis) for axis in range(spatial_dims)]
+    if cfg.permutes_plane:
+        steps.append(CheckSquarePlaned(keys=keys))
+    if cfg.transpose_prob > 0:
+        steps.append(RandTransposed(keys=keys, prob=cfg.transpose_prob))
+    if cfg.rot90_prob > 0:
+        steps.append(RandRotate90d(keys=keys, prob=cfg.rot90_prob, max_k=3, spatial_axes=(0, 1)))
     if cfg.spatial_prob > 0:
         n_angles, n_shears = (3, 6) if spatial_dims == 3 else (1, 2)
-        steps.append(
-            RandAffined(
-                keys=keys, prob=cfg.spatial_prob, rotate_range=(rad,) * n_angles, scale_range=(cfg.scale,) * spatial_dims,
-                shear_range=(cfg.shear,) * n_shears, mode=("bilinear", "nearest"), padding_mode="zeros",
-            )
-        )
-    if cfg.elastic_prob > 0 and cfg.elastic_magnitude > 0:
+        affine = dict(keys=keys, prob=cfg.spatial_prob, rotate_range=(rad,) * n_angles, scale_range=(cfg.scale,) * spatial_dims,
+                      shear_range=(cfg.shear,) * n_shears, mode=("bilinear", "nearest"), padding_mode="zeros")
+        steps.append(RandShiftAffined(shift=cfg.shift, **affine) if cfg.shift > 0 else RandAffined(**affine))
+    if cfg.elastic_prob > 0 and (cfg.elastic_magnitude > 0 or cfg.elastic_alpha > 0):
         steps.append(
             RandElasticd(keys=keys, prob=cfg.elastic_prob, magnitude=cfg.elastic_magnitude,
-                         control_points=cfg.elastic_control_points, mode=("bilinear", "nearest"))
+                         control_points=cfg.elastic_control_points, mode=("bilinear", "nearest"),
+                         alpha=cfg.elastic_alpha, sigma=cfg.elastic_sigma)
         )
     if cfg.intensity_prob > 0:
         steps += [

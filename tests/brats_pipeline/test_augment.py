@@ -180,8 +180,9 @@ def test_batch_augment_copies_flip_only_samples_exactly_and_resamples_the_others
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     assert torch.equal(lab, ref_lab)
     torch.manual_seed(7)
-    _, flips, moved = aug._affine(image.shape[0], len(shape), image.device)
-    plain = [i for i in range(image.shape[0]) if not moved[i]]
+    draws = aug._affine(image.shape[0], out_size or shape, (1.0,) * len(shape), image.device)
+    flips = draws.discrete.diagonal(dim1=1, dim2=2)  # flips only here: a diagonal of ±1
+    plain = [i for i in range(image.shape[0]) if not draws.moved[i]]
     assert 0 < len(plain) < image.shape[0]  # both paths ran
     window = tuple(slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip(shape, out_size or shape))
     exact = 0

@@ -46,6 +46,7 @@ def test_brats2021_regions_are_tc_wt_et_with_the_challenge_definitions() -> None
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
+        ("brats2015", {"TC": {1, 3, 4}, "WT": {1, 2, 3, 4}, "ET": {4}, "NCR": {1}}),
         ("brats2021", {"TC": {1, 4}, "WT": {1, 2, 4}, "ET": {4}}),
         ("brats2023", {"TC": {1, 3}, "WT": {1, 2, 3}, "ET": {3}}),
         ("msd_task01", {"TC": {2, 3}, "WT": {1, 2, 3}, "ET": {3}}),
@@ -54,6 +55,39 @@ def test_brats2021_regions_are_tc_wt_et_with_the_challenge_definitions() -> None
 )
 def test_region_definitions_per_scheme(name: str, expected: dict[str, set[int]]) -> None:
     assert {r.name: set(r.labels) for r in get_task(name).regions} == expected
+
+
+def test_brats2015_regions_follow_the_2015_challenge_and_round_trip_every_label() -> None:
+    """BraTS 2015 (Menze et al.): complete = 1-4, core = all but oedema (1, 3, 4), enhancing = 4; the
+    fourth channel (necrosis, 1) tells necrosis from non-enhancing tumour, so regions -> labels is exact."""
+    task = get_task("brats2015")
+    assert task.region_names == ("TC", "WT", "ET", "NCR") and task.label_values == (0, 1, 2, 3, 4)
+    labels = np.array([0, 1, 2, 3, 4]).reshape(5, 1, 1)
+    tc, wt, et, ncr = task.labels_to_regions(labels)[:, :, 0, 0].tolist()
+    assert tc == [False, True, False, True, True] and wt == [False, True, True, True, True]
+    assert et == [False, False, False, False, True] and ncr == [False, True, False, False, False]
+    np.testing.assert_array_equal(task.regions_to_labels(task.labels_to_regions(labels)), labels)
+    assert task.patient_id("brats_tcia_pat153_0109") == "brats_tcia_pat153"
+    assert task.modality_names == ("t1c", "t1", "t2", "flair")
+
+
+def test_brats2015_phantoms_are_written_and_discovered(tmp_path) -> None:
+    """The phantom paints necrosis 1, oedema 2, enhancing 4 (no non-enhancing 3); the cohort is written in
+    the task's case-folder layout and discovery finds every modality and the label."""
+    from brats_pipeline.data.datalist import build_datalist
+    from brats_pipeline.data.synthetic import make_phantom, write_cohort
+
+    task = get_task("brats2015")
+    ph = make_phantom(task, (32, 32, 32), seed=1)
+    assert set(np.unique(ph.label).tolist()) == {0, 1, 2, 4}
+    tc, wt, et, ncr = task.labels_to_regions(ph.label)
+    assert not (et & ~tc).any() and not (tc & ~wt).any() and not (ncr & ~tc).any()
+    write_cohort(tmp_path, "brats2015", n_cases=2, shape=(32, 32, 32))
+    assert (tmp_path / "brats_2013_pat0000_1" / "brats_2013_pat0000_1_flair.nii.gz").is_file()
+    datalist = build_datalist(tmp_path, "brats2015", folds=2, check="none")
+    entries = datalist["training"]
+    assert datalist["task"] == "brats2015" and len(entries) == 2
+    assert all(len(e["image"]) == 4 and e["label"].endswith("_seg.nii.gz") for e in entries)
 
 
 def test_inconsistent_region_prediction_paints_smallest_region_last() -> None:
