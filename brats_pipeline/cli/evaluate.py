@@ -6,7 +6,8 @@ Examples::
     brats-evaluate --pred preds --truth brats21.json --task brats2021 -o eval --report --workers 4
 
 Writes ``OUT/metrics.csv``, ``OUT/summary.json``, ``OUT/summary.md`` and, with ``--report``,
-``OUT/report.html`` + ``OUT/figures/``. Exit status 0 when every truth case had a prediction
+``OUT/report.html`` + ``OUT/figures/`` (summary, best/median/worst case per region, box plot,
+per-case figures; :mod:`brats_pipeline.reports`). Exit status 0 when every truth case had a prediction
 and was evaluated, 1 otherwise (the rest are still evaluated), 2 for bad arguments.
 """
 
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="cases evaluated concurrently (threads)")
     p.add_argument("--allow-missing", action="store_true", help="exit 0 even if some cases have no prediction")
     p.add_argument("--report", action="store_true", help="also write report.html with figures")
-    p.add_argument("--max-figures", type=int, default=50, help="cases with figures in the report, worst first (default 50)")
+    p.add_argument("--max-figures", type=int, default=50,
+                   help="cases with per-case figures in the report, worst first (default 50); the best, median and "
+                        "worst case of each region always get an overlay")
     p.add_argument("--no-surfaces", action="store_true", help="no 3D surface renderings in the report")
     p.add_argument("--embed-images", action="store_true", help="embed the report's images (one self-contained HTML file)")
     p.add_argument("--training-curves", help="PNG of training curves to include in the report")
@@ -61,24 +64,47 @@ def make_report(
     notes: Sequence[str] = (),
     embed: bool = False,
 ) -> Path:
-    """Figures for the worst ``max_figures`` cases and ``report.html`` for an :class:`EvaluationResult`."""
-    from brats_pipeline.viz import case_figures, write_report
+    """``report.html`` of an :class:`EvaluationResult` with its figures in ``out_dir/figures``.
+
+    Per region the best, median and worst case by Dice
+    (:func:`brats_pipeline.reports.evaluation.pick_cases`) get the region's TP/FP/FN overlay;
+    the worst ``max_figures`` cases (by the outermost region's Dice) get the per-case 3-plane
+    figure (and, with ``surfaces``, the 3D surfaces). Cases whose entry has no image have no figures.
+    """
+    from brats_pipeline.reports.evaluation import outer_region, pick_cases, write_report
+    from brats_pipeline.viz import case_figures, region_overlays
 
     task = result.task
     by_id = {str(e["case_id"]): e for e in entries}
-    outer = max(task.regions, key=lambda r: len(r.labels)).name
-    ordered = sorted(result.per_case, key=lambda c: result.per_case[c][outer]["dice"])[: max(0, max_figures)]
     figures_dir = Path(out_dir) / "figures"
-    images: dict[str, list[Path]] = {}
-    for cid in ordered:
+
+    def files(cid: str) -> tuple[str, str, str] | None:
         entry = by_id.get(cid)
         if entry is None or "image" not in entry:
-            continue
-        images[cid] = case_figures(cid, background_image(entry, task), result.pred_paths[cid], result.truth_paths[cid],
-                                   task, figures_dir, surfaces=surfaces)
+            return None
+        return background_image(entry, task), result.pred_paths[cid], result.truth_paths[cid]
+
+    regions_of: dict[str, list[str]] = {}  # case -> the regions it is picked in
+    for region, chosen in pick_cases(result.per_case).items():
+        for cid in dict.fromkeys(chosen.values()):
+            regions_of.setdefault(cid, []).append(region)
+    overlays: dict[str, dict[str, Path]] = {}
+    for cid, regions in regions_of.items():
+        if (paths := files(cid)) is not None:
+            for region, png in region_overlays(cid, *paths, task, regions, figures_dir).items():
+                overlays.setdefault(region, {})[cid] = png
+
+    regions = list(next(iter(result.per_case.values()), {}))
+    outer = outer_region(task, regions) if regions else None
+    ordered = sorted(result.per_case, key=lambda c: result.per_case[c][outer]["dice"])[: max(0, max_figures)] if outer else []
+    images: dict[str, list[Path]] = {}
+    for cid in ordered:
+        if (paths := files(cid)) is not None:
+            images[cid] = case_figures(cid, *paths, task, figures_dir, surfaces=surfaces)
     return write_report(
         out_dir, result.per_case, result.summary(), task, images, training_curves,
-        title=title or f"{task.name} segmentation report", notes=notes, missing=result.missing, failed=result.failed, embed=embed,
+        title=title or f"{task.name} segmentation report", notes=notes, missing=result.missing, failed=result.failed,
+        embed=embed, overlays=overlays,
     )
 
 

@@ -6,7 +6,6 @@ Every file is written atomically (temporary name, then rename).
 from __future__ import annotations
 
 import csv
-import html
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -136,55 +135,54 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def _md_table_to_html(md: str) -> str:
-    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+def _md_table(lines: Sequence[str]) -> dict[str, Any] | None:
+    """``{"kind": "table", "header", "rows"}`` of a Markdown table (header, rule, rows); ``None`` without a header and rule."""
     if len(lines) < 2:
-        return ""
-    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
-    out = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) + "</tr>"]
-    for row in cells[2:]:
-        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
-    return "".join(out) + "</table>"
+        return None
+    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+    return {"kind": "table", "header": cells[0], "rows": cells[2:]}
 
 
-_CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:.2em .5em;font-size:.9em;text-align:right}th{background:#f3f3f3}
-img{max-width:100%;border:1px solid #eee;margin:.3em 0}.muted{color:#777;font-size:.85em}"""
-
-
-def report_html(summary_md: str, figures: Sequence[tuple[str, str]], definitions: Sequence[str], embed_dir: Path | None = None) -> str:
-    """A self-contained page (no scripts, no external resources): the summary's paragraphs and
-    tables, the definitions, and the figures (linked relative, or embedded from ``embed_dir``)."""
-    import base64
-
-    parts = ["<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Radiogenomics</title>"
-             f"<style>{_CSS}</style></head><body>"]
-    block: list[str] = []
+def summary_blocks(summary_md: str) -> tuple[str, list[dict[str, Any]]]:
+    """The title (the first ``# `` line) and the blocks of :func:`summary_markdown`'s text: paragraphs,
+    headings and tables (the figure links are left out: the page shows the figures)."""
+    title: str | None = None
+    blocks: list[dict[str, Any]] = []
+    table: list[str] = []
 
     def flush() -> None:
-        if block:
-            parts.append(_md_table_to_html("\n".join(block)))
-            block.clear()
+        if table and (block := _md_table(table)) is not None:
+            blocks.append(block)
+        table.clear()
 
     for line in summary_md.splitlines():
         if line.startswith("|"):
-            block.append(line)
+            table.append(line)
             continue
         flush()
-        if line.startswith("# "):
-            parts.append(f"<h1>{html.escape(line[2:])}</h1>")
+        if line.startswith("# ") and title is None:
+            title = line[2:].strip()
+        elif line.startswith("#"):
+            blocks.append({"kind": "h2", "text": line.lstrip("#").strip()})
         elif line.strip() and not line.startswith("- ["):
-            parts.append(f"<p>{html.escape(line)}</p>")
+            blocks.append({"kind": "p", "text": line})
     flush()
-    parts.append("<h2>Definitions</h2><ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in definitions) + "</ul>")
-    for title, rel in figures:
-        if embed_dir is not None:
-            src = "data:image/png;base64," + base64.b64encode((embed_dir / rel).read_bytes()).decode("ascii")
-        else:
-            src = rel
-        parts.append(f"<h3>{html.escape(title)}</h3><img src=\"{html.escape(src)}\" alt=\"{html.escape(title)}\">")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return title or "Radiogenomics", blocks
+
+
+def report_html(summary_md: str, figures: Sequence[tuple[str, str]], definitions: Sequence[str], embed_dir: Path | None = None) -> str:
+    """A self-contained page (no scripts, no external resources) from ``radiogenomics.html.j2``: the
+    summary's paragraphs and tables, the definitions, and the figures (``(title, path relative to the
+    page)``; linked, or embedded from ``embed_dir``, the page's folder)."""
+    from urllib.parse import quote
+
+    from brats_pipeline.reports import image_src, render_template
+
+    title, blocks = summary_blocks(summary_md)
+    shown = [{"title": t, "image": {"src": image_src(embed_dir / rel, embed_dir, True) if embed_dir is not None else quote(rel),
+                                    "alt": t, "caption": None}} for t, rel in figures]
+    return render_template("radiogenomics.html.j2", title=title, notes=[], blocks=blocks, definitions=list(definitions),
+                           figures=shown)
 
 
 DEFINITIONS = (

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from brats_pipeline.reports.evaluation import write_report
 from brats_pipeline.viz import (
     comparison_map,
     plane_slice,
@@ -20,7 +21,6 @@ from brats_pipeline.viz import (
     plot_training_curves,
     to_closest_ras,
     tumour_centre,
-    write_report,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
