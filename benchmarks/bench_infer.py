@@ -12,7 +12,7 @@ real case is absent). Both recipes use random weights unless ``--checkpoint`` is
 (b) **ours**: :class:`brats_pipeline.inference.Predictor` with the default network (unet3d,
     features 32-256), roi 128³, overlap 0.5, gaussian blending, bf16 on CUDA; labels written
     in the input geometry as uint8. Single-case mode (``predict_case`` + write, one after the
-    other) and batch mode (``predict_files``: loader and writer threads overlapping the GPU).
+    other) and batch mode (``run_batch``: loader and writer threads overlapping the GPU).
 
 Printed per recipe: seconds per case end to end, cases per minute, model-compute seconds per
 case (sliding window on a case already on the device), and the ratio to the zoo recipe.
@@ -198,8 +198,10 @@ def run_ours(predictor: Any, cases: list[dict[str, Any]], out_dir: Path, loader_
             times.append(time.perf_counter() - t0 - (c1 - c0))
             compute.append(c1 - c0)
     t0 = time.perf_counter()
-    rows = predictor.predict_files(cases, out_dir / "batch", overwrite=True, progress=False,
-                                   loader_threads=loader_threads, writer_threads=writer_threads)
+    from brats_pipeline.inference import run_batch
+
+    rows = run_batch(predictor, cases, out_dir / "batch", overwrite=True, progress=False,
+                     loader_threads=loader_threads, writer_threads=writer_threads)
     batch_s = time.perf_counter() - t0
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from brats_pipeline.bundle.specs import BundleSpec
-from brats_pipeline.bundle.templates import _network_def
 
 
 def _ts_export_args(spec: BundleSpec) -> str:
@@ -110,7 +109,7 @@ def readme(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) -> s
     from brats_pipeline.networks import build_network, count_parameters, get_network_spec
 
     task = spec.task_obj
-    net = _network_def(spec)
+    net = spec.network_def()
     params = count_parameters(build_network(spec.network, net["in_channels"], net["out_channels"], spec.spatial_dims,
                                             **dict(spec.network_kwargs)))
     kwargs = ", ".join(f"{k}={v}" for k, v in spec.network_kwargs)

@@ -115,6 +115,12 @@ class BundleSpec:
     def task_obj(self) -> Task:
         return get_task(self.task)
 
+    def network_def(self) -> dict[str, Any]:
+        """``network_def``: the one definition of the network, the same in ``train.json`` and ``inference.json``."""
+        return {"_target_": "brats_pipeline.networks.build_network", "name": self.network,
+                "in_channels": self.in_channels, "out_channels": len(self.task_obj.regions),
+                "spatial_dims": self.spatial_dims, **dict(self.network_kwargs)}
+
     @property
     def in_channels(self) -> int:
         """The network's input channels: the task's modalities, times ``2 * context + 1`` slices for 2.5D."""

@@ -29,11 +29,6 @@ __all__ = [
     "evaluate_config", "get_bundle_spec", "inference_config", "license_text", "metadata", "multi_gpu_config",
     "render_bundle", "train_config", "write_bundle",
 ]
-def _network_def(spec: BundleSpec) -> dict[str, Any]:
-    """``network_def``: the one definition of the network, the same in ``train.json`` and ``inference.json``."""
-    return {"_target_": "brats_pipeline.networks.build_network", "name": spec.network,
-            "in_channels": spec.in_channels, "out_channels": len(spec.task_obj.regions),
-            "spatial_dims": spec.spatial_dims, **dict(spec.network_kwargs)}
 
 
 def _inferer(spec: BundleSpec) -> dict[str, Any]:
@@ -93,7 +88,7 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
         "device": DEVICE_EXPR,
         "amp": spec.amp,
         **_geometry_ids(spec),
-        "network_def": _network_def(spec),
+        "network_def": spec.network_def(),
         "train": {
             "dataset": _case_split("train"),
             "handlers": [],
@@ -162,7 +157,7 @@ def inference_config(spec: BundleSpec) -> dict[str, Any]:
         "amp": True,
         "overwrite": False,
         **_geometry_ids(spec),
-        "network_def": _network_def(spec),
+        "network_def": spec.network_def(),
         "network": {"_target_": "brats_pipeline.bundle.load_network", "network": "@network_def",
                     "path": "$@bundle_root + '/models/model.pt'", "device": "@device"},
         "preprocessing": {"_target_": "brats_pipeline.bundle.inference_preprocessing", "task": "@task",

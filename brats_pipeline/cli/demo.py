@@ -337,13 +337,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from brats_pipeline.cli.evaluate import make_report
     from brats_pipeline.data.datalist import load_datalist
     from brats_pipeline.evaluation import evaluate_folder, summary_markdown, write_evaluation
-    from brats_pipeline.inference import Predictor
+    from brats_pipeline.inference import Predictor, run_batch
 
     _log(f"inference on {s['test_cases']} held-out phantoms", start)
     device = "cuda" if plan.accelerator == "gpu" else "cpu"
     test_entries = load_datalist(test_dl)["testing"]
     with Predictor.from_checkpoint(ckpt, device=device) as predictor:
-        rows = predictor.predict_files(test_entries, out / "predictions", overwrite=True, progress=False)
+        rows = run_batch(predictor, test_entries, out / "predictions", overwrite=True, progress=False)
     failed = [r for r in rows if r["status"] == "failed"]
     for row in failed:
         print(f"    FAILED {row['case_id']}: {row['error']}", file=sys.stderr)

@@ -180,7 +180,7 @@ def build_predictor(args: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``brats-infer``; returns the exit status (0 all done, 1 some case failed, 2 bad arguments)."""
     args = build_parser().parse_args(argv)
-    from brats_pipeline.inference.batch import select_shard
+    from brats_pipeline.inference.batch import run_batch, select_shard
     from preprocessing.outputs import prepare_output_folder
     from preprocessing.sharding import manifest_stem, parse_shard
 
@@ -201,8 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with predictor:
-            rows = predictor.predict_files(
-                cases, args.out, save_probabilities=args.save_probabilities, overwrite=args.overwrite, manifest_name=manifest,
+            rows = run_batch(
+                predictor, cases, args.out, save_probabilities=args.save_probabilities, overwrite=args.overwrite, manifest_name=manifest,
                 loader_threads=args.loader_threads, writer_threads=args.writer_threads, progress=not args.no_progress,
             )
     except OSError as exc:  # the manifest could not be written (a full disk): the message names the file

@@ -1,13 +1,15 @@
 """Inference: the sliding-window :class:`Predictor`, batch runs, and post-processing.
 
-``from brats_pipeline.inference import Predictor, PostprocessConfig``; heavy modules (MONAI,
+``from brats_pipeline.inference import Predictor, run_batch``: ``run_batch(predictor, entries, out_dir)``
+predicts many cases (reading, compute and writing overlapped; manifest; resume); heavy modules (MONAI,
 scipy) are imported when first used.
 """
 
 from __future__ import annotations
 
+from brats_pipeline.inference.batch import run_batch
 from brats_pipeline.inference.postprocess import PostprocessConfig, postprocess
 from brats_pipeline.inference.predictor import CasePrediction, Predictor
 from brats_pipeline.weights import load_state_dict_strict
 
-__all__ = ["CasePrediction", "PostprocessConfig", "Predictor", "load_state_dict_strict", "postprocess"]
+__all__ = ["CasePrediction", "PostprocessConfig", "Predictor", "load_state_dict_strict", "postprocess", "run_batch"]

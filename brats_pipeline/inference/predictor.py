@@ -485,36 +485,6 @@ class Predictor:
         affine = np.asarray(torch.as_tensor(image.meta["original_affine"]).cpu(), dtype=np.float64)
         return inverted, affine
 
-    # ------------------------------------------------------------------ files
-    def predict_files(
-        self,
-        cases: Sequence[Mapping[Hashable, Any]],
-        out_dir: str | os.PathLike,
-        save_probabilities: bool = False,
-        overwrite: bool = False,
-        manifest_name: str = "manifest.json",
-        loader_threads: int = 2,
-        writer_threads: int = 2,
-        progress: bool = True,
-    ) -> list[dict[str, Any]]:
-        """Predict many cases into ``out_dir``; see :func:`brats_pipeline.inference.batch.run_batch`.
-
-        Writes ``OUT/<case_id>.nii.gz`` (labels, uint8), optionally
-        ``OUT/probabilities/<case_id>.nii.gz`` (x, y, z, R float32) and the manifest. Reading the
-        next cases and writing the previous ones overlap the compute (background threads); a
-        failing case is recorded and the rest go on; finished cases are skipped unless
-        ``overwrite``.
-
-        Returns:
-            The manifest rows, one per case (``status`` ``ok``, ``skipped`` or ``failed``).
-        """
-        from brats_pipeline.inference.batch import run_batch
-
-        return run_batch(
-            self, cases, out_dir, save_probabilities=save_probabilities, overwrite=overwrite,
-            manifest_name=manifest_name, loader_threads=loader_threads, writer_threads=writer_threads, progress=progress,
-        )
-
     def close(self) -> None:
         """Stop the file-reading threads (they are restarted on the next use)."""
         with self._lock:

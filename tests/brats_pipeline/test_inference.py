@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from brats_pipeline.cli.infer import main as infer_main
-from brats_pipeline.inference import Predictor
+from brats_pipeline.inference import Predictor, run_batch
 from brats_pipeline.inference.batch import select_shard
 from brats_pipeline.module import BratsSegmentationModule
 from preprocessing.io import write_nifti
@@ -165,7 +165,7 @@ def test_output_has_the_inputs_geometry_and_the_right_voxels(tmp_path: Path) -> 
     assert pred.label.shape == expected.shape and pred.label.dtype == np.uint8
     np.testing.assert_allclose(pred.affine, affine, atol=1e-6)
     np.testing.assert_array_equal(pred.label, expected)  # orientation and crop undone exactly
-    rows = p.predict_files([{"case_id": "c1", "image": files}], tmp_path / "out", progress=False)
+    rows = run_batch(p, [{"case_id": "c1", "image": files}], tmp_path / "out", progress=False)
     assert rows[0]["status"] == "ok"
     out = nib.load(str(tmp_path / "out" / "c1.nii.gz"))
     assert out.shape == expected.shape and out.get_data_dtype() == np.uint8
@@ -188,14 +188,14 @@ def test_resampling_before_the_network_is_undone(tmp_path: Path) -> None:
 def test_labels_written_are_the_tasks(tmp_path: Path, task: str, values: set[int]) -> None:
     files, _ = _write_case(tmp_path / "in", "c1", np.diag([1.0, 1.0, 1.0, 1.0]))
     p = _intensity_predictor(task=task)
-    p.predict_files([{"case_id": "c1", "image": files}], tmp_path / "out", progress=False)
+    run_batch(p, [{"case_id": "c1", "image": files}], tmp_path / "out", progress=False)
     data = np.asarray(nib.load(str(tmp_path / "out" / "c1.nii.gz")).dataobj)
     assert set(np.unique(data).tolist()) == values
 
 
 def test_probability_maps_are_optional(tmp_path: Path) -> None:
     files, _ = _write_case(tmp_path / "in", "c1", np.eye(4))
-    rows = _intensity_predictor().predict_files([{"case_id": "c1", "image": files}], tmp_path / "out", save_probabilities=True, progress=False)
+    rows = run_batch(_intensity_predictor(), [{"case_id": "c1", "image": files}], tmp_path / "out", save_probabilities=True, progress=False)
     prob = nib.load(rows[0]["probabilities"])
     assert prob.shape == (30, 26, 20, 3) and prob.get_data_dtype() == np.float32
 
@@ -216,7 +216,7 @@ def test_a_bad_case_is_reported_and_the_rest_complete(tmp_path: Path) -> None:
     cases = [{"case_id": "good", "image": good}, {"case_id": "bad", "image": bad},
              {"case_id": "missing", "image": missing}, {"case_id": "other", "image": other}]
     out = tmp_path / "out"
-    rows = _intensity_predictor().predict_files(cases, out, progress=False)
+    rows = run_batch(_intensity_predictor(), cases, out, progress=False)
     status = {r["case_id"]: r for r in rows}
     assert status["good"]["status"] == "ok" and status["other"]["status"] == "ok"
     assert status["bad"]["status"] == "failed" and bad[2] in status["bad"]["error"]

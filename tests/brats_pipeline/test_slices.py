@@ -18,7 +18,7 @@ from brats_pipeline.data.datalist import build_datalist, write_datalist
 from brats_pipeline.data.datamodule import BratsDataModule
 from brats_pipeline.data.slices import SliceDataset, slab, stack_context
 from brats_pipeline.data.synthetic import write_cohort
-from brats_pipeline.inference import Predictor
+from brats_pipeline.inference import Predictor, run_batch
 from brats_pipeline.inference.inferers import ContextSliceInferer, build_inferer
 from brats_pipeline.module import BratsSegmentationModule
 from brats_pipeline.networks import input_channels_of
@@ -253,7 +253,7 @@ def test_slice_predictions_land_in_the_inputs_oblique_geometry(tmp_path: Path, c
     pred = p.predict_case({"case_id": "c1", "image": files})
     np.testing.assert_allclose(pred.affine, affine, atol=1e-6)
     np.testing.assert_array_equal(pred.label, expected)  # reorientation and crop undone voxel for voxel
-    rows = p.predict_files([{"case_id": "c1", "image": files}], tmp_path / "out", progress=False)
+    rows = run_batch(p, [{"case_id": "c1", "image": files}], tmp_path / "out", progress=False)
     assert rows[0]["status"] == "ok"
     out = nib.load(str(tmp_path / "out" / "c1.nii.gz"))
     assert out.shape == expected.shape and out.get_data_dtype() == np.uint8
