@@ -14,6 +14,12 @@
   both while their content differs. Digests are remembered for the life of the process by
   device, inode, size, mtime and ctime (a change the owner cannot fake), so checking one file
   several times in a run reads it once.
+* **Voxel digests** (:func:`voxel_digest`) identify an image by what it shows, not by its file:
+  the SHA-256 of its shape and its voxel values in one canonical dtype (float32), so the same
+  image saved as int16 or float32, with another scale factor that decodes to the same values,
+  another header or another compression has one digest; two images with one different voxel
+  have two. (The reader decides the axis order: :mod:`brats_pipeline.data.overlap` hashes the
+  array as stored and in RAS orientation.)
 """
 
 from __future__ import annotations
@@ -74,6 +80,23 @@ def check_case_ids(named: Iterable[tuple[object, str]], source: str | os.PathLik
             raise ValueError(f"{source + ': ' if source else ''}case id {case_id!r} appears twice ({seen[case_id]} and "
                              f"{where}); their outputs would overwrite each other")
         seen[case_id] = where  # type: ignore[index]
+
+
+def voxel_digest(array: object) -> str:
+    """SHA-256 (hex) of an array's voxel content: its shape and its values as little-endian float32.
+
+    Equal values give equal digests whatever the dtype they come in (int16 ``3`` and float32
+    ``3.0``), ``-0.0`` counts as ``0.0`` and every NaN as one NaN; values are compared at float32
+    precision (exact for 8- and 16-bit integers, float32, and integers up to 2**24).
+    """
+    import numpy as np
+
+    values = np.asarray(array)
+    canonical = np.ascontiguousarray(np.asarray(values, dtype=np.float32) + np.float32(0.0), dtype="<f4")  # -0.0 -> +0.0
+    canonical[np.isnan(canonical)] = np.nan
+    digest = hashlib.sha256(f"voxels\0{'x'.join(map(str, values.shape))}\0".encode())
+    digest.update(memoryview(canonical).cast("B"))
+    return digest.hexdigest()
 
 
 def content_digest(path: str | os.PathLike) -> str:

@@ -32,11 +32,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", type=int, default=2, help="threads reading files (default 2)")
     parser.add_argument("--relative", action="store_true", help="write paths relative to the datalist's folder")
+    overlap = parser.add_argument_group(
+        "external cohort", "leave out every case that is also in a training cohort (e.g. the BraTS 2020 cases inside "
+        "BraTS 2021): by the official name-mapping CSV when given, otherwise by image content")
+    overlap.add_argument("--exclude-overlap", action="append", metavar="COHORT", default=[],
+                         help="training cohort: its datalist JSON or dataset folder (in --task's layout); repeatable")
+    overlap.add_argument("--name-mapping", metavar="CSV",
+                         help="mapping of case ids between releases (BraTS21-17_Mapping.csv, name_mapping.csv)")
+    overlap.add_argument("--mapping-columns", nargs=2, metavar=("TRAIN", "TEST"),
+                         help="the CSV's columns of the training and the test cohort's ids (default: the columns "
+                              "holding most of each cohort's ids)")
+    overlap.add_argument("--content-match", choices=("any", "all"), default="any",
+                         help="without a CSV, a case is the training case whose images equal any (default) or all of its images")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.name_mapping or args.mapping_columns) and not args.exclude_overlap:
+        parser.error("--name-mapping and --mapping-columns need --exclude-overlap COHORT (the training cohort)")
+    if args.mapping_columns and not args.name_mapping:
+        parser.error("--mapping-columns needs --name-mapping CSV")
     from brats_pipeline.data.datalist import DatasetError, build_datalist, write_datalist
 
     try:
@@ -44,6 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.root, args.task, folds=args.folds, seed=args.seed, strict=args.strict,
             check=args.check, workers=args.workers, progress=sys.stderr.isatty(),
         )
+        overlap = None
+        if args.exclude_overlap:
+            from brats_pipeline.data.overlap import remove_overlap
+
+            datalist, overlap = remove_overlap(
+                datalist, args.exclude_overlap, args.name_mapping, args.mapping_columns, args.content_match,
+                workers=args.workers, progress=sys.stderr.isatty(),
+            )
     except (DatasetError, ValueError, FileNotFoundError) as err:
         print(f"brats-datalist: error: {err}", file=sys.stderr)
         return 1
@@ -58,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("folds: " + ", ".join(f"{f}: {sizes[f]}" for f in sorted(sizes)))
     for skipped in datalist["skipped"]:
         print(f"skipped {skipped['case_id']}: {skipped['file']}: {skipped['reason']}")
+    if overlap is not None:
+        print(overlap.describe())
+        for match in overlap.matches:
+            print(f"removed {match.case_id}: also {match.training_case} of {match.cohort} ({match.evidence})")
     return 0
 
 

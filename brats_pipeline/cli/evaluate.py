@@ -4,11 +4,18 @@ Examples::
 
     brats-evaluate --pred preds --truth demo_data/datalist.json -o eval
     brats-evaluate --pred preds --truth brats21.json --task brats2021 -o eval --report --workers 4
+    brats-evaluate --pred cv_preds --truth brats20.json --external-pred preds21 --external-truth brats21_external.json -o eval
 
 Writes ``OUT/metrics.csv``, ``OUT/summary.json``, ``OUT/summary.md`` and, with ``--report``,
 ``OUT/report.html`` + ``OUT/figures/`` (summary, best/median/worst case per region, box plot,
 per-case figures; :mod:`brats_pipeline.reports`). Exit status 0 when every truth case had a prediction
 and was evaluated, 1 otherwise (the rest are still evaluated), 2 for bad arguments.
+
+With ``--external-pred`` and ``--external-truth`` it evaluates two pairs, the internal one
+(``--pred``/``--truth``, e.g. the cross-validation folds' predictions on the training cohort;
+``--fold`` applies to it) and the external one (another cohort), into ``OUT/internal/`` and
+``OUT/external/`` (each as above), and writes ``OUT/report.html`` with both summaries side by
+side and their differences, and ``OUT/comparison.md`` (:mod:`brats_pipeline.reports.comparison`).
 """
 
 from __future__ import annotations
@@ -40,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--training-curves", help="PNG of training curves to include in the report")
     p.add_argument("--title", default=None, help="report title")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ext = p.add_argument_group("internal vs external", "evaluate a second pair (another cohort) and write both summaries "
+                               "side by side: OUT/internal/, OUT/external/, OUT/report.html, OUT/comparison.md")
+    ext.add_argument("--external-pred", metavar="DIR", help="predictions on the external cohort")
+    ext.add_argument("--external-truth", metavar="DATALIST", help="the external cohort's datalist (brats-datalist "
+                     "--exclude-overlap: without the training cohort's cases)")
+    ext.add_argument("--names", nargs=2, metavar=("INTERNAL", "EXTERNAL"), default=("internal", "external"),
+                     help="headings of the two evaluations (default: internal external)")
     return p
 
 
@@ -108,45 +122,94 @@ def make_report(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``brats-evaluate``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+def _load_truth(truth: str, task_name: str | None, fold: int | None) -> tuple[Any, list[dict[str, Any]]]:
+    """The task and the labelled entries (of ``fold``) of a datalist; ValueError when there are none."""
     from brats_pipeline.constants import get_task
     from brats_pipeline.data.datalist import load_datalist
-    from brats_pipeline.evaluation import evaluate_folder, summary_markdown, truth_entries, write_evaluation
-    from brats_pipeline.metrics import BRATS_EMPTY_HD95
-    from preprocessing.outputs import prepare_output_folder
+    from brats_pipeline.evaluation import truth_entries
 
-    try:
-        datalist = load_datalist(args.truth)
-        task = get_task(args.task or datalist["task"])
-        entries = truth_entries(datalist)
-        if args.fold is not None:
-            entries = [e for e in entries if e.get("fold") == args.fold]
-        if not entries:
-            raise ValueError(f"{args.truth}: no entries with a label to evaluate against")
-        prepare_output_folder(args.out)  # an existing file, under a file, not writable: before any metric is computed
-        result = evaluate_folder(args.pred, entries, task, BRATS_EMPTY_HD95 if args.empty_hd95 is None else args.empty_hd95,
-                                 workers=args.workers, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"brats-evaluate: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        paths = write_evaluation(result, args.out)
-        print(summary_markdown(result.summary(), f"{task.name}: {len(result.per_case)} case(s)"))
-        if args.report and result.per_case:
-            report = make_report(result, entries, args.out, args.max_figures, not args.no_surfaces, args.training_curves,
-                                 args.title, embed=args.embed_images)
-            print(f"report: {report}")
-    except OSError as exc:  # the disk filled up (the message names the file)
-        print(f"brats-evaluate: error: {exc}", file=sys.stderr)
-        return 1
+    datalist = load_datalist(truth)
+    task = get_task(task_name or datalist["task"])
+    entries = truth_entries(datalist)
+    if fold is not None:
+        entries = [e for e in entries if e.get("fold") == fold]
+    if not entries:
+        raise ValueError(f"{truth}: no entries with a label to evaluate against")
+    return task, entries
+
+
+def _evaluate(pred: str, entries: Sequence[dict[str, Any]], task: Any, args: argparse.Namespace) -> Any:
+    from brats_pipeline.evaluation import evaluate_folder
+    from brats_pipeline.metrics import BRATS_EMPTY_HD95
+
+    return evaluate_folder(pred, entries, task, BRATS_EMPTY_HD95 if args.empty_hd95 is None else args.empty_hd95,
+                           workers=args.workers, progress=not args.no_progress)
+
+
+def _write(result: Any, entries: Sequence[dict[str, Any]], out: str | Path, args: argparse.Namespace,
+           title: str | None) -> tuple[dict[str, Path], Path | None]:
+    """``metrics.csv``, ``summary.json``, ``summary.md`` and (``--report``) ``report.html`` of one evaluation."""
+    from brats_pipeline.evaluation import summary_markdown, write_evaluation
+
+    paths = write_evaluation(result, out)
+    print(summary_markdown(result.summary(), title or f"{result.task.name}: {len(result.per_case)} case(s)"))
+    report = None
+    if args.report and result.per_case:
+        report = make_report(result, entries, out, args.max_figures, not args.no_surfaces, args.training_curves,
+                             title or args.title, embed=args.embed_images)
+        print(f"report: {report}")
     print(f"metrics: {paths['csv']}  summary: {paths['json']}, {paths['markdown']}")
     for cid in result.missing:
         print(f"  MISSING prediction for {cid}", file=sys.stderr)
     for cid, why in result.failed.items():
         print(f"  FAILED {cid}: {why}", file=sys.stderr)
-    bad = bool(result.failed) or (bool(result.missing) and not args.allow_missing)
+    return paths, report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``brats-evaluate``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    external = args.external_pred is not None or args.external_truth is not None
+    if external and (args.external_pred is None or args.external_truth is None):
+        parser.error("--external-pred and --external-truth go together")
+    if external and args.names[0] == args.names[1]:
+        parser.error(f"--names: the two evaluations need different names, got {args.names[0]!r} twice")
+    from preprocessing.outputs import prepare_output_folder
+
+    pairs = [(args.pred, args.truth, args.fold)] + ([(args.external_pred, args.external_truth, None)] if external else [])
+    folders = [Path(args.out) / "internal", Path(args.out) / "external"] if external else [Path(args.out)]
+    try:
+        truths = [_load_truth(truth, args.task, fold) for _, truth, fold in pairs]
+        if external and [r.name for r in truths[0][0].regions] != [r.name for r in truths[1][0].regions]:
+            raise ValueError(f"{args.external_truth}: task {truths[1][0].name}'s regions differ from {truths[0][0].name}'s "
+                             f"({args.truth}); name one --task for both")
+        for folder in dict.fromkeys([Path(args.out), *folders]):  # an existing file, under a file, not writable: before any metric
+            prepare_output_folder(folder)
+        results = [_evaluate(pred, entries, task, args) for (pred, _, _), (task, entries) in zip(pairs, truths)]
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"brats-evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        written = []
+        for i, (result, (_, entries), folder) in enumerate(zip(results, truths, folders)):
+            title = f"{args.names[i]}: {result.task.name}, {len(result.per_case)} case(s)" if external else None
+            written.append(_write(result, entries, folder, args, title))
+        if external:
+            from brats_pipeline.reports.comparison import EvaluationSummary, write_comparison
+
+            summaries = [
+                EvaluationSummary(name, result.summary(), len(result.per_case), result.missing, result.failed,
+                                  {"predictions": pred, "truth": truth}, report, paths["json"])
+                for name, result, (pred, truth, _), (paths, report) in zip(args.names, results, pairs, written)
+            ]
+            notes = [f"{args.names[0]}: fold {args.fold} only."] if args.fold is not None else []
+            compared = write_comparison(args.out, summaries, results[0].task, args.title, notes)
+            print(f"side by side: {compared['html']}, {compared['markdown']}")
+    except OSError as exc:  # the disk filled up (the message names the file)
+        print(f"brats-evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    bad = any(r.failed or (r.missing and not args.allow_missing) for r in results)
     return 1 if bad else 0
 
 

@@ -10,6 +10,9 @@ Templates (package data, ``brats_pipeline/reports/templates``):
 * ``evaluation.html.j2`` — ``brats-evaluate --report`` and ``brats-demo``
   (:func:`brats_pipeline.reports.evaluation.write_report`).
 * ``radiogenomics.html.j2`` — ``brats-radiogenomics`` (:mod:`brats_pipeline.radiogenomics.report`).
+* ``comparison.html.j2`` — evaluations side by side, e.g. internal (cross-validation) vs external
+  cohort (``brats-evaluate --external-pred/--external-truth``;
+  :func:`brats_pipeline.reports.comparison.write_comparison`).
 
 A new report (e.g. a study's comparison of arms) is one more template that starts with
 ``{% extends "base.html.j2" %}``, fills ``{% block content %}`` and imports the macros; write it

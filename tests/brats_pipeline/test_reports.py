@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import math
 import shutil
 import sys
@@ -205,6 +206,105 @@ def test_templates_are_package_data_and_jinja2_a_dependency() -> None:
     assert any(d.lower().replace(" ", "").startswith("jinja2") for d in config["project"]["dependencies"])
 
 
+# ----------------------------------------------------------------------------- internal vs external side by side
+class _Numbers(HTMLParser):
+    """The numbers of a comparison page by (cohort, region, metric, stat), its summary tables' cohorts and its links."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.values: dict[tuple[str, str, str, str], str] = {}
+        self.tables: list[str] = []
+        self.links: list[str] = []
+        self._key: tuple[str, str, str, str] | None = None
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        d = dict(attrs)
+        if tag == "span" and "data-stat" in d:
+            self._key = (d["data-cohort"], d["data-region"], d["data-metric"], d["data-stat"])
+        if tag == "table" and d.get("class") == "summary":
+            self.tables.append(d["data-cohort"])
+        if tag == "a":
+            self.links.append(d["href"] or "")
+
+    def handle_data(self, data: str) -> None:
+        if self._key is not None:
+            assert self._key not in self.values, self._key
+            self.values[self._key] = data
+            self._key = None
+
+
+NAMES = ("internal (CV folds)", "external <2021>")
+
+
+@pytest.fixture(scope="module")
+def side_by_side(tmp_path_factory: pytest.TempPathFactory, evaluation: Path, brats_cohort) -> Path:
+    """``brats-evaluate`` of the 5 phantoms (internal) and of 3 others predicted differently (external), with reports."""
+    root = tmp_path_factory.mktemp("side_by_side")
+    dl_path, datalist = brats_cohort(root, 3)
+    _predictions(datalist, root / "pred")
+    for entry in datalist["training"][:2]:  # the external cohort is predicted worse: a region lost in two cases
+        truth, geometry = read_array(entry["label"], ndim=(3,), dtype=np.int16)
+        write_nifti(np.where(truth == 1, 2, truth).astype(np.uint8), geometry.affine,
+                    root / "pred" / f"{entry['case_id']}.nii.gz", dtype=np.uint8)
+    assert evaluate_main(["--pred", str(evaluation / "pred"), "--truth", str(evaluation / "dl.json"),
+                          "--external-pred", str(root / "pred"), "--external-truth", str(dl_path), "--names", *NAMES,
+                          "-o", str(root / "eval"), "--no-progress", "--report", "--no-surfaces", "--max-figures", "0"]) == 0
+    return root / "eval"
+
+
+def test_internal_and_external_side_by_side_equal_their_summaries(side_by_side: Path) -> None:
+    from brats_pipeline.reports.comparison import COMPARED_METRICS
+
+    page = _Numbers((side_by_side / "report.html").read_text(encoding="utf-8"))
+    assert page.tables == list(NAMES)  # two tables, in order, in one page
+    summaries = {name: json.loads((side_by_side / sub / "summary.json").read_text(encoding="utf-8"))
+                 for name, sub in zip(NAMES, ("internal", "external"))}
+    assert [s["n_cases"] for s in summaries.values()] == [5, 3]
+    expected: dict[tuple[str, str, str, str], float] = {}
+    digits = {metric: d for _, metric, d in COMPARED_METRICS}
+    for name, data in summaries.items():
+        for region, metrics in data["summary"].items():
+            expected[(name, region, "dice", "n")] = metrics["dice"]["n"]
+            for metric in digits:
+                for stat in ("mean", "std", "median", "p5", "p95"):
+                    expected[(name, region, metric, stat)] = metrics[metric][stat]
+    first, second = (s["summary"] for s in summaries.values())
+    for region in first:
+        for metric in digits:
+            expected[(NAMES[1], region, metric, "delta")] = second[region][metric]["mean"] - first[region][metric]["mean"]
+    assert set(page.values) == set(expected)
+    assert {r for _, r, _, _ in expected} == {"TC", "WT", "ET"}
+    for key, value in expected.items():
+        d = 0 if key[3] == "n" else digits[key[2]]
+        text = page.values[key]
+        if not math.isfinite(value):
+            assert text == "–", (key, text)
+            continue
+        assert abs(float(text) - value) <= 0.5 * 10 ** -d + 1e-9, (key, text, value)
+        if key[3] != "delta":  # the summary.json value, rounded as the table shows it
+            assert text == f"{value:.{d}f}", (key, text, value)
+    dice = [page.values[(n, "WT", "dice", "mean")] for n in NAMES]
+    assert dice[0] != dice[1]  # the two evaluations differ, so a swapped table would be seen
+    # each evaluation's own report and summary.json are linked and exist; the Markdown version has every row
+    assert page.links == ["internal/report.html", "internal/summary.json", "external/report.html", "external/summary.json"]
+    assert all((side_by_side / link).is_file() for link in page.links)
+    markdown = (side_by_side / "comparison.md").read_text(encoding="utf-8")
+    assert markdown.count("| WT |") == len(COMPARED_METRICS) and "external <2021> (n=3)" in markdown
+    assert "external &lt;2021&gt;" in (side_by_side / "report.html").read_text(encoding="utf-8")  # escaped
+
+
+def test_side_by_side_needs_both_external_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--pred", "p", "--truth", "dl.json", "-o", str(tmp_path / "out")]
+    for extra, message in ((["--external-pred", "q"], "--external-pred and --external-truth go together"),
+                           (["--external-pred", "q", "--external-truth", "x.json", "--names", "a", "a"], "different names")):
+        with pytest.raises(SystemExit) as exited:
+            evaluate_main([*base, *extra])
+        assert exited.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- in a real browser (slow)
 @pytest.fixture(scope="module")
 def browser():
@@ -269,3 +369,13 @@ def test_radiogenomics_page_in_headless_chromium(browser, tmp_path: Path) -> Non
     assert not load.errors, "\n".join(load.errors)
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copyfile(tmp_path / "radiogenomics_report.png", ARTIFACTS / "radiogenomics_report.png")
+
+
+@pytest.mark.slow
+def test_side_by_side_page_in_headless_chromium(browser, side_by_side: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "comparison_report.png"
+    load = browser.open_page(side_by_side / "report.html", screenshot=shot)
+    assert not load.images and not load.errors, "\n".join(load.errors)
+    assert shot.read_bytes()[:8] == PNG_MAGIC
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(shot, ARTIFACTS / shot.name)
