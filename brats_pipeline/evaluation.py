@@ -5,7 +5,8 @@ their truth (``brats-infer`` writes them so); the truth comes from a datalist's 
 ``label``. Per case and region (``task.regions``: TC, WT, ET) the metrics of
 :mod:`brats_pipeline.metrics` (Dice, IoU, HD95 in mm with the truth's voxel spacing,
 precision, recall, specificity, predicted and true volumes in ml) are computed with the
-BraTS conventions for empty regions; :func:`brats_pipeline.metrics.aggregate` summarises
+BraTS conventions for empty regions (HD95: :func:`brats_pipeline.metrics.brats_hd95`, the one
+definition, which training's validation logs too); :func:`brats_pipeline.metrics.aggregate` summarises
 them (mean, median, std, min, max, 5th-95th percentile = 90 % interval).
 
 Outputs of :func:`write_evaluation` (all atomic):

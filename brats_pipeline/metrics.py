@@ -10,7 +10,8 @@ Per region it reports (:data:`METRIC_NAMES`):
 * ``dice``: ``2 TP / (2 TP + FP + FN)``;
 * ``iou``: ``TP / (TP + FP + FN)`` (Jaccard);
 * ``hd95``: 95th percentile of the surface-to-surface distances in mm, both directions
-  pooled, as the official BraTS evaluation computes it (see :func:`hausdorff_distance`);
+  pooled, as the official BraTS evaluation computes it (:func:`brats_hd95`, the project's one
+  HD95: validation's ``val/hd95_<region>`` and ``brats-evaluate`` both use it);
 * ``precision``: ``TP / (TP + FP)`` (positive predictive value);
 * ``recall``: ``TP / (TP + FN)`` (sensitivity);
 * ``specificity``: ``TN / (TN + FP)``;
@@ -54,7 +55,9 @@ __all__ = [
     "BRATS_EMPTY_HD95",
     "METRIC_NAMES",
     "STAT_NAMES",
+    "METRIC_DEFINITIONS",
     "aggregate",
+    "brats_hd95",
     "case_metrics",
     "case_metrics_from_labels",
     "hausdorff_distance",
@@ -75,6 +78,16 @@ METRIC_NAMES = (
     "pred_volume_ml",
     "true_volume_ml",
 )
+
+#: The definitions behind the metric names, as a bundle's ``metadata.json`` states them (``metric_definitions``).
+METRIC_DEFINITIONS = {
+    "dice": "per region, 2 TP / (2 TP + FP + FN) of the binary region masks; 1 when prediction and truth are both "
+            "empty, 0 when exactly one is (BraTS convention); validation (val_dice_*) and brats-evaluate alike",
+    "hd95": "per region, the BraTS HD95 (brats_pipeline.metrics.brats_hd95): 95th percentile of the surface-to-surface "
+            "distances in mm (voxel spacing from the affine), both directions pooled, as the official BraTS "
+            "evaluation computes it; 0 when prediction and truth are both empty, 373.13 mm (the diagonal of the "
+            "240 x 240 x 155 mm BraTS volume) when exactly one is; validation (val_hd95_*) and brats-evaluate alike",
+}
 
 #: Statistics :func:`aggregate` reports (``p5``/``p95``: the 90 % interval; ``n``: finite values used).
 STAT_NAMES = ("mean", "median", "std", "min", "max", "p5", "p95", "n")
@@ -153,6 +166,35 @@ def hausdorff_distance(
     return float(np.percentile(np.concatenate([to_truth, to_pred]), percentile))
 
 
+def brats_hd95(
+    pred: Any, truth: Any, spacing: Sequence[float] | None = None, empty_hd95: float = BRATS_EMPTY_HD95
+) -> float:
+    """The HD95 (mm) of one region, with the BraTS rules for empty masks: the project's one HD95 definition.
+
+    Both masks non-empty: :func:`hausdorff_distance` at the 95th percentile (surface distances of
+    both directions pooled). Both empty: 0. Exactly one empty: ``empty_hd95`` (default
+    :data:`BRATS_EMPTY_HD95`, 373.13 mm). :func:`region_metrics` (``brats-evaluate``) and the
+    validation of :class:`~brats_pipeline.module.BratsSegmentationModule` both call this.
+
+    Args:
+        pred: boolean mask (numpy or torch; 0/1 accepted), any number of spatial dimensions.
+        truth: boolean mask of the same shape.
+        spacing: voxel size in mm per axis (``None``: 1 mm).
+        empty_hd95: HD95 when exactly one of the masks is empty.
+    """
+    p = _to_numpy_mask(pred, "pred")
+    t = _to_numpy_mask(truth, "truth")
+    if p.shape != t.shape:
+        raise ValueError(f"pred and truth shapes differ: {p.shape} vs {t.shape}")
+    sp = _check_spacing((1.0,) * p.ndim if spacing is None else spacing, p.ndim)
+    has_p, has_t = bool(p.any()), bool(t.any())
+    if not has_p and not has_t:
+        return 0.0
+    if not has_p or not has_t:
+        return float(empty_hd95)
+    return hausdorff_distance(p, t, sp, 95.0)
+
+
 def region_metrics(
     pred: Any,
     truth: Any,
@@ -183,12 +225,7 @@ def region_metrics(
     fp, fn = n_pred - tp, n_true - tp
     tn = p.size - tp - fp - fn
     both_empty = n_pred == 0 and n_true == 0
-    if both_empty:
-        hd95 = 0.0
-    elif n_pred == 0 or n_true == 0:
-        hd95 = float(empty_hd95)
-    else:
-        hd95 = hausdorff_distance(p, t, sp, 95.0)
+    hd95 = brats_hd95(p, t, sp, empty_hd95)
     voxel_ml = float(np.prod(sp)) / 1000.0
     return {
         "dice": _ratio(2 * tp, 2 * tp + fp + fn, both_empty),

@@ -15,7 +15,9 @@ neighbours each side as channels for 2.5D) and validates on whole volumes slice 
 Validation runs sliding-window inference on whole volumes and logs ``val/dice_<region>``
 and ``val/dice_mean`` (BraTS convention: empty truth and empty prediction count as 1, empty
 truth with a prediction as 0); on the last epoch, and in ``test``, also ``val/hd95_<region>``
-in mm. Per-case sums are reduced across DDP ranks, so each case counts exactly once.
+in mm: :func:`brats_pipeline.metrics.brats_hd95`, the BraTS HD95 that ``brats-evaluate`` reports
+(both empty 0, exactly one empty 373.13 mm), mean over cases. Per-case sums are reduced across
+DDP ranks, so each case counts exactly once.
 ``val/loss`` is the training loss on the validation volumes' sliding-window logits (mean over
 cases), so that training and validation loss can be compared.
 
@@ -214,7 +216,7 @@ class BratsSegmentationModule(pl.LightningModule):
         self._evaluate(batch)
 
     def _evaluate(self, batch: dict[str, Any]) -> None:
-        from monai.metrics import compute_dice, compute_hausdorff_distance
+        from monai.metrics import compute_dice
 
         image, label = batch["image"], batch["label"]
         logits = self.sliding_window(image)
@@ -233,16 +235,17 @@ class BratsSegmentationModule(pl.LightningModule):
         self._val_sums[n] += (loss.detach().double() * weight).sum()
         self._val_sums[n + 1] += weight.sum()
         if self._want_hd95():
+            from brats_pipeline.metrics import brats_hd95
+
             spacing = _spacing_of(image)
+            masks_p, masks_t = _plain(pred).bool().cpu().numpy(), _plain(truth).bool().cpu().numpy()
             for b in range(pred.shape[0]):
                 if weight[b] == 0:
                     continue
-                hd = compute_hausdorff_distance(
-                    pred[b : b + 1], truth[b : b + 1], include_background=True, percentile=95, spacing=spacing
-                )[0]
+                hd = torch.tensor([brats_hd95(masks_p[b, i], masks_t[b, i], spacing) for i in range(n)],
+                                  dtype=torch.float64, device=self._hd_sums.device)
                 finite = torch.isfinite(hd)
-                n = len(self.region_names)
-                self._hd_sums[:n] += torch.where(finite, hd, torch.zeros_like(hd)).double()
+                self._hd_sums[:n] += torch.where(finite, hd, torch.zeros_like(hd))
                 self._hd_sums[n:] += finite.double()
 
     def on_validation_epoch_end(self) -> None:

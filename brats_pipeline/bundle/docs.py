@@ -6,7 +6,7 @@ import textwrap
 from collections.abc import Mapping
 from typing import Any
 
-from brats_pipeline.bundle.specs import BundleSpec
+from brats_pipeline.bundle.specs import SCHEMA_FILE, BundleSpec
 
 
 def _ts_export_args(spec: BundleSpec) -> str:
@@ -84,7 +84,7 @@ exported from its Lightning checkpoint. From the repository root:
 .venv/bin/brats-datalist ../shared/data/lgg --task {spec.task} -o lgg_datalist.json --folds 5
 .venv/bin/brats-train fit --config {recipe} --data.datalist lgg_datalist.json --data.fold -1
 .venv/bin/brats-bundle export --checkpoint runs/lgg_cpu/csv/version_0/checkpoints/last.ckpt --bundle bundles/{spec.name}
-.venv/bin/brats-bundle verify bundles/{spec.name} --schema ../shared/data/monai_bundle_schema/meta_schema_20220324.json --require-weights
+.venv/bin/brats-bundle verify bundles/{spec.name} --schema bundles/{spec.name}/{SCHEMA_FILE} --require-weights
 ```
 
 The checkpoint is the run's `last.ckpt` (the config's CSV logger writes it under
@@ -174,6 +174,10 @@ Output: one channel per region; postprocessing turns regions back into the label
 
 ## Measured metrics
 {metrics}
+
+Dice and HD95 are defined in `metric_definitions` of `configs/metadata.json`: HD95 is the BraTS one
+(surface distances of both directions pooled, mm; both empty 0, one empty 373.13 mm), in training's
+validation (`val_hd95_*`) as in `brats-evaluate`.
 {_shipped(spec)}
 ## Commands
 Run from this folder with the project's environment (`bash scripts/install.sh`, then
@@ -215,11 +219,15 @@ Weights, checks and TorchScript:
 
 ```bash
 brats-bundle export --checkpoint runs/logs/version_0/checkpoints/{export_ckpt} --bundle . --datalist {d}/datalist.json --fold 0
-brats-bundle verify . --schema ../../../shared/data/monai_bundle_schema/meta_schema_20220324.json
-python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath meta_schema_20220324.json
+brats-bundle verify . --schema {SCHEMA_FILE}
+python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath {SCHEMA_FILE}
 python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json --config_file configs/inference.json --device cpu
 python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json{_ts_export_args(spec)}
 ```
+
+`{SCHEMA_FILE}` is an unchanged copy of the MONAI model zoo's metadata schema (the
+`schema` URL of `configs/metadata.json`; Project MONAI, Apache License 2.0): with `--filepath`
+naming an existing file, `verify_metadata` reads it and downloads nothing, so it works offline.
 
 ## MONAI Label
 MONAI Label 0.8.5 runs in its own environment (`scripts/install_monailabel.sh` makes
@@ -235,8 +243,10 @@ mkdir -p apps/monaibundle/model studies && cp -r bundles/{n} apps/monaibundle/mo
 curl -X POST "http://127.0.0.1:8000/infer/{n}?image=CASE&output=image" -o CASE_seg.nii.gz
 ```
 
-`--conf zoo_source ngc` and `--conf sam2 false` keep start-up offline. MONAI Label loads
-`models/model.pt` non-strictly: only put weights there with `brats-bundle export` or this
+`--conf zoo_source ngc` and `--conf sam2 false` keep start-up offline. An input the bundle cannot
+take (e.g. one 3D modality instead of the stacked 4D NIfTI) is answered with HTTP 422 and the
+reason, `{{"detail": "<file>: expected {len(task.modalities)} channels ({', '.join(task.modality_names)}), ..."}}`, not a bare 500.
+MONAI Label loads `models/model.pt` non-strictly: only put weights there with `brats-bundle export` or this
 bundle's training, and check them with `brats-bundle verify`.
 """
 

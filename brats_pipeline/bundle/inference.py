@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from brats_pipeline.bundle.input_checks import CheckChannelsd
+from brats_pipeline.bundle.input_checks import CheckChannelsd, ReportInputErrors
 from brats_pipeline.constants import Task, get_task
 from preprocessing.identity import check_case_id, check_case_ids
 
@@ -63,16 +63,20 @@ def inference_preprocessing(
     spatial step invertible, so ``Invertd`` in the postprocessing returns predictions to the
     input's grid. Args as in :func:`brats_pipeline.data.transforms.deterministic_transforms`;
     leave ``spacing`` unset for data already on a 1 mm grid (MONAI >= 1.6 ``Spacingd`` fails
-    inside MONAI Label).
+    inside MONAI Label). The checks are wrapped in :class:`~brats_pipeline.bundle.input_checks.ReportInputErrors`,
+    so that served by MONAI Label their errors reach the client as HTTP 422 with the message.
     """
     from monai.transforms import Compose, LoadImaged
 
+    from brats_pipeline.data.input_files import CheckFinited, CheckHeadersd
     from brats_pipeline.data.transforms import deterministic_transforms
 
     steps = list(deterministic_transforms(task, with_label=False, spacing=spacing, orientation=orientation,
                                           crop_foreground=crop_foreground).transforms)
     after_load = next(i for i, t in enumerate(steps) if isinstance(t, LoadImaged)) + 1
-    return Compose([*steps[:after_load], CheckChannelsd("image", task), *steps[after_load:]])
+    steps = [*steps[:after_load], CheckChannelsd("image", task), *steps[after_load:]]
+    checks = (CheckHeadersd, CheckFinited, CheckChannelsd)
+    return Compose([ReportInputErrors(t) if isinstance(t, checks) else t for t in steps])
 
 
 class RegionsToLabelsd:

@@ -7,11 +7,23 @@ with the header checks) keeps the file names before loading; :class:`CheckChanne
 channel by channel, the number of modalities, NaN/Inf voxels and constant channels (an
 all-zero modality is an empty scan: predicting from it gives a confident, silent wrong answer)
 and names that channel's own file.
+
+Served by MONAI Label, an error of these checks would reach the client as a bare HTTP 500
+"Internal Server Error" (MONAI Label registers no exception handler; the message stays in the
+server log). MONAI Label runs the ``preprocessing`` steps one by one, outside MONAI's
+``Compose``, so an exception raised by a step reaches FastAPI as it is: :class:`ReportInputErrors`
+wraps the checks and, inside a MONAI Label server only, re-raises their ``ValueError`` as an
+:class:`InputError` that is also a Starlette ``HTTPException`` (422): the client gets
+``{"detail": "<file>: expected 4 channels (t1c, t1, t2, flair), ..."}``. Elsewhere
+(``monai.bundle run``, ``brats-infer``) the original exception passes unchanged.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Hashable, Mapping, Sequence
+from functools import cache
 from typing import Any
 
 from brats_pipeline.constants import Task, get_task
@@ -58,3 +70,69 @@ class CheckChannelsd:
                 if channel.numel() and bool(lo == hi):
                     raise ValueError(f"{where}constant image (every voxel is {lo.item()}): empty volume?")
         return data
+
+
+logger = logging.getLogger(__name__)
+
+#: The HTTP status of an input the bundle cannot take, under MONAI Label (FastAPI's code for an invalid request).
+INPUT_ERROR_STATUS = 422
+
+
+class InputError(ValueError):
+    """An input the bundle cannot take (wrong channels, NaN, an empty scan, a bad header); the message names the file."""
+
+
+@cache
+def _http_input_error(http_exception: type) -> type:
+    """:class:`InputError` that is also ``http_exception`` (Starlette's), answered as HTTP 422 with the message."""
+
+    class HTTPInputError(InputError, http_exception):  # type: ignore[misc, valid-type]
+        def __init__(self, message: str) -> None:
+            InputError.__init__(self, message)
+            http_exception.__init__(self, status_code=INPUT_ERROR_STATUS, detail=message)
+
+        def __str__(self) -> str:
+            return str(self.detail)
+
+        def __reduce__(self) -> Any:  # picklable as the plain InputError (e.g. from a worker process)
+            return InputError, (str(self.detail),)
+
+    return HTTPInputError
+
+
+def served_input_error(exc: ValueError) -> ValueError | None:
+    """``exc`` as an error a MONAI Label client sees (HTTP 422, the message as ``detail``), or ``None`` outside one.
+
+    "Inside MONAI Label" means its server has imported ``monailabel`` and Starlette; nothing is
+    imported here, so the bundle does not depend on either.
+    """
+    http = getattr(sys.modules.get("starlette.exceptions"), "HTTPException", None)
+    if "monailabel" not in sys.modules or http is None:
+        return None
+    return _http_input_error(http)(str(exc))
+
+
+class ReportInputErrors:
+    """Runs one check of ``preprocessing``; under MONAI Label its ``ValueError`` becomes an HTTP 422 (see the module).
+
+    Args:
+        check: a callable step (e.g. ``CheckHeadersd``, :class:`CheckChannelsd`); not an invertible
+            one (``Invertd`` would not see through the wrapper) nor the loader (MONAI Label swaps
+            ``LoadImaged`` for its own).
+    """
+
+    def __init__(self, check: Any) -> None:
+        self.check = check
+
+    def __call__(self, data: Any) -> Any:
+        try:
+            return self.check(data)
+        except ValueError as exc:
+            served = served_input_error(exc)
+            if served is None:
+                raise
+            logger.error("input rejected (HTTP %d): %s", INPUT_ERROR_STATUS, exc)
+            raise served from exc
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.check!r})"

@@ -19,6 +19,20 @@ _BRATS_SOURCE = ("BraTS 2020/2021 training data (https://www.synapse.org/brats),
                  "brats-preprocess: co-registered, skull-stripped, 1 mm isotropic; brats-synth writes synthetic cases")
 
 
+#: The metadata schema the MONAI model zoo names today: it requires ``required_packages_version``, the key MONAI
+#: >= 1.4 reads (the 20220324 schema requires ``optional_packages_version``, which MONAI renames with a warning).
+SCHEMA_NAME = "meta_schema_20240725.json"
+SCHEMA_URL = f"https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/{SCHEMA_NAME}"
+#: Where each bundle ships an unchanged copy of that schema (Project MONAI's, Apache-2.0), so that
+#: ``verify_metadata --filepath docs/meta_schema_20240725.json`` reads it instead of downloading (offline).
+SCHEMA_FILE = f"docs/{SCHEMA_NAME}"
+
+#: The changelog entry of the metadata and input-error release (0.1.1 of the BraTS bundles, 0.2.1 of the LGG one).
+_METADATA_CHANGE = ("metadata: schema meta_schema_20240725 (a copy in docs/ for offline verify_metadata) and "
+                    "required_packages_version only (no deprecation warning); metric_definitions, one HD95 (BraTS) "
+                    "in validation and brats-evaluate; input errors reach MONAI Label clients as HTTP 422")
+
+
 @dataclass(frozen=True)
 class BundleSpec:
     """What differs between the bundles; :func:`render_bundle` writes the rest from one template.
@@ -106,8 +120,9 @@ class BundleSpec:
     dataset_dir: str = "/workspace/data/BraTS2021_TrainingData"
     data_source: str = _BRATS_SOURCE
     scriptable: bool = True
-    version: str = "0.1.0"
+    version: str = "0.1.1"
     changelog: tuple[tuple[str, str], ...] = (
+        ("0.1.1", _METADATA_CHANGE),
         ("0.1.0", "first version: Lightning training through monai.bundle run, inference/evaluation, MONAI Label"),
     )
 
@@ -231,8 +246,9 @@ BUNDLES: dict[str, BundleSpec] = {
         data_source=("TCGA lower-grade glioma FLAIR-abnormality data of Buda et al. 2019 (110 patients; "
                      "kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation), as NIfTI per patient: "
                      "<ID>_t1, <ID>_flair, <ID>_t1c, <ID>_seg; 256 x 256 axial slices, thick and of unknown spacing"),
-        version="0.2.0",
+        version="0.2.1",
         changelog=(
+            ("0.2.1", _METADATA_CHANGE),
             ("0.2.0", "2.5D U-Net on axial slices (unet2d 16-256, each slice with one neighbour each side: 9 "
                       "channels) trained with the LGG CPU recipe (brats_pipeline/configs/lgg_cpu.yaml); weights "
                       "trained on the 50 patients of ../shared/data/lgg shipped"),

@@ -4,7 +4,8 @@
 :func:`render_bundle` returns every file of one (configs, metadata, logging, docs, licence); ``bundles/`` is the committed output
 of :func:`write_bundle` (``brats-bundle generate``) and a test checks that it is in sync
 (:func:`check_bundle`). Measured ``eval_metrics`` are data, not template: they are kept from
-the bundle's current ``metadata.json``.
+the bundle's current ``metadata.json``. ``docs/meta_schema_20240725.json`` (:data:`SCHEMA_FILE`) is
+not rendered: each bundle ships Project MONAI's schema file unchanged, for offline ``verify_metadata``.
 """
 
 from __future__ import annotations
@@ -15,17 +16,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from brats_pipeline.bundle.specs import BUNDLES, BundleSpec, get_bundle_spec
+from brats_pipeline.bundle.specs import (
+    BUNDLES,
+    SCHEMA_FILE,
+    SCHEMA_NAME,
+    SCHEMA_URL,
+    BundleSpec,
+    get_bundle_spec,
+)
+from brats_pipeline.metrics import METRIC_DEFINITIONS
 
-#: The metadata schema the MONAI model zoo names (a copy for offline checks: ../shared/data/monai_bundle_schema).
-SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json"
 #: Versions the committed bundles were generated and tested with (fixed, so that rendering is reproducible).
 GENERATED_WITH = {"monai": "1.6.1", "pytorch": "2.13.0", "numpy": "2.4.6"}
 REQUIRED_PACKAGES = {"brats-pipeline": "0.1.0", "pytorch-lightning": "2.6.6", "nibabel": "5.4.2"}
 DEVICE_EXPR = "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"
 
 __all__ = [
-    "BUNDLES", "DEVICE_EXPR", "GENERATED_WITH", "REQUIRED_PACKAGES", "SCHEMA_URL", "BundleSpec", "check_bundle",
+    "BUNDLES", "DEVICE_EXPR", "GENERATED_WITH", "REQUIRED_PACKAGES", "SCHEMA_FILE", "SCHEMA_NAME", "SCHEMA_URL",
+    "BundleSpec", "check_bundle",
     "evaluate_config", "get_bundle_spec", "inference_config", "license_text", "metadata", "multi_gpu_config",
     "render_bundle", "train_config", "write_bundle",
 ]
@@ -238,7 +246,6 @@ def metadata(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) ->
         "monai_version": GENERATED_WITH["monai"],
         "pytorch_version": GENERATED_WITH["pytorch"],
         "numpy_version": GENERATED_WITH["numpy"],
-        "optional_packages_version": dict(REQUIRED_PACKAGES),
         "required_packages_version": dict(REQUIRED_PACKAGES),
         "name": spec.title,
         "task": spec.title,
@@ -252,6 +259,8 @@ def metadata(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) ->
         "label_classes": ", ".join(f"{k}: {v}" for k, v in labels.items()),
         "pred_classes": ", ".join(f"channel {i}: {r.name} = labels {sorted(r.labels)}" for i, r in enumerate(task.regions)),
         "eval_metrics": dict(eval_metrics or {}),
+        # what the *_dice_* / *_hd95_* entries of eval_metrics mean (validation and brats-evaluate share them)
+        "metric_definitions": dict(METRIC_DEFINITIONS),
         "intended_use": "Research only; not for clinical use.",
         "references": [spec.paper, task.description],
         "network_data_format": {
@@ -320,6 +329,8 @@ def license_text(spec: BundleSpec) -> str:
         'is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or\n'
         "implied. See the License for the specific language governing permissions and limitations under the\n"
         "License.\n\n"
+        f"{SCHEMA_FILE}: Project MONAI's bundle metadata schema, unchanged\n"
+        "(Copyright (c) MONAI Consortium; Apache License 2.0).\n\n"
         f"Weights trained with this bundle on {data} are subject to the terms of that data as well.\n"
         "Research use only; not a medical device.\n"
     )

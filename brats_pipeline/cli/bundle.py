@@ -2,7 +2,7 @@
 
     brats-bundle run --config_file bundles/brats_unet3d_segmentation/configs/inference.json --dataset_dir data --output_dir preds
     brats-bundle export --checkpoint runs/.../best.ckpt --bundle bundles/brats_unet3d_segmentation
-    brats-bundle verify bundles/brats_unet3d_segmentation --schema meta_schema_20220324.json
+    brats-bundle verify bundles/brats_unet3d_segmentation --schema bundles/brats_unet3d_segmentation/docs/meta_schema_20240725.json
     brats-bundle stack t1c.nii.gz t1.nii.gz t2.nii.gz flair.nii.gz -o case.nii.gz --task brats2021
     brats-bundle generate --check
 """

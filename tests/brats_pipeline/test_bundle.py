@@ -52,12 +52,13 @@ def test_unknown_bundle_name_is_rejected() -> None:
 
 
 # ---------------------------------------------------------------------- MONAI checks
-@pytest.mark.parametrize("schema", ["meta_schema_20220324.json", "meta_schema_20240725.json"])
 @pytest.mark.parametrize("bundle", BUNDLE_DIRS, ids=lambda p: p.name)
-def test_metadata_verifies_offline(bundle: Path, schema: str, bundle_schema_dir: Path) -> None:
+def test_metadata_verifies_offline(bundle: Path) -> None:
     from monai.bundle import verify_metadata
 
-    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(bundle_schema_dir / schema))
+    from brats_pipeline.bundle.specs import SCHEMA_FILE
+
+    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(bundle / SCHEMA_FILE))
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_DIRS, ids=lambda p: p.name)
@@ -91,10 +92,10 @@ def test_property_check_names_missing_and_wrong_ids(tmp_path: Path) -> None:
     assert bb.config_property_problems(tmp_path / "train.json", "train") == (["train_inferer"], ["train_preprocessing"])
 
 
-def test_verify_without_weights_skips_the_weight_checks(bundle_schema_dir: Path, capsys: pytest.CaptureFixture) -> None:
+def test_verify_without_weights_skips_the_weight_checks(capsys: pytest.CaptureFixture) -> None:
     bundle = REPO / "bundles" / "brats_attention_unet_segmentation"  # ships no weights
     assert not (bundle / "models" / "model.pt").exists()
-    schema = bundle_schema_dir / "meta_schema_20220324.json"
+    schema = bundle / "docs" / "meta_schema_20240725.json"  # the bundle's own copy: offline
     assert bundle_main(["verify", str(bundle), "--schema", str(schema)]) == 0
     out = capsys.readouterr().out
     assert "PASS verify_metadata" in out and "SKIP strict weights" in out and "0 failed" in out
@@ -273,6 +274,44 @@ def test_preprocessing_rejects_an_image_with_the_wrong_channels(cohort: Path) ->
     assert "BraTS2021_00000_t1.nii.gz: expected 4 channels (t1c, t1, t2, flair)" in str(bb.root_cause(excinfo.value))
     out = transform({"image": bb.case_modality_files(cohort / "BraTS2021_00000", "brats2021")})
     assert out["image"].shape[0] == 4 and out["image"].applied_operations  # invertible steps recorded
+
+
+def test_input_errors_become_http_422_only_inside_monai_label(cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MONAI Label runs the preprocessing steps one by one and turns any exception into a bare HTTP 500; inside its
+    server (``monailabel`` and Starlette imported) a check's error is a Starlette ``HTTPException`` 422 whose
+    ``detail`` is the message, and still a ``ValueError``; elsewhere the check's own error passes unchanged."""
+    import sys
+    import types
+
+    from brats_pipeline.bundle.input_checks import InputError, ReportInputErrors
+    from preprocessing.io import ImageFileError
+
+    transform = bb.inference_preprocessing("brats2021")
+    t1 = str(cohort / "BraTS2021_00000" / "BraTS2021_00000_t1.nii.gz")
+
+    def run_steps_as_monai_label_does() -> None:
+        data = {"image": t1}
+        for step in transform.transforms:  # monailabel.interfaces.utils.transform.run_transforms(use_compose=False)
+            data = step(data)
+
+    assert any(isinstance(t, ReportInputErrors) for t in transform.transforms)
+    with pytest.raises(ImageFileError, match="expected 4 channels"):  # monai.bundle run, brats-infer: unchanged
+        run_steps_as_monai_label_does()
+
+    class HTTPException(Exception):  # the interface of starlette.exceptions.HTTPException
+        def __init__(self, status_code: int, detail: str | None = None, headers: dict | None = None) -> None:
+            self.status_code, self.detail, self.headers = status_code, detail, headers
+
+    starlette = types.ModuleType("starlette.exceptions")
+    starlette.HTTPException = HTTPException  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "starlette.exceptions", starlette)
+    monkeypatch.setitem(sys.modules, "monailabel", types.ModuleType("monailabel"))
+    with pytest.raises(HTTPException) as excinfo:
+        run_steps_as_monai_label_does()
+    error = excinfo.value
+    assert error.status_code == 422 and isinstance(error, InputError) and isinstance(error, ValueError)
+    assert error.detail == str(error) and f"{t1}: expected 4 channels (t1c, t1, t2, flair)" in error.detail
+    assert isinstance(error.__cause__, ImageFileError)
 
 
 def test_case_split_uses_explicit_data_or_the_fold(cohort: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -322,3 +323,62 @@ def test_dice_hd95_agree_with_the_official_brats_evaluation(tmp_path: Path, spac
     if spacing != (1.0, 1.0, 1.0):  # and the voxel-unit HD95 really differs from ours in mm here
         shifted = case_metrics_from_labels(preds["shift_x"], truth, "brats2023", spacing=spacing)
         assert shifted["WT"]["hd95"] == pytest.approx(0.8) != official[files[0]]["wt"]["global_bin_hd95"]
+
+
+# ------------------------------------------------------------------- one HD95 definition
+def _box_labels(shape: tuple[int, ...], boxes: list[tuple[int, tuple[int, ...], tuple[int, ...]]]) -> np.ndarray:
+    """A label map painted box by box (later boxes over earlier ones)."""
+    label = np.zeros(shape, np.int16)
+    for value, lo, hi in boxes:
+        label[tuple(slice(a, b) for a, b in zip(lo, hi))] = value
+    return label
+
+
+def test_validation_logs_the_hd95_that_brats_evaluate_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation's ``val/hd95_<region>`` is the mean over cases of ``brats-evaluate``'s HD95, empty regions included
+    (both empty 0, one empty 373.13 mm), on an anisotropic grid: one definition, the BraTS one."""
+    import nibabel as nib
+    import pytorch_lightning as pl
+    from monai.data import MetaTensor
+
+    from brats_pipeline.cli.evaluate import main as evaluate_main
+    from brats_pipeline.module import BratsSegmentationModule
+
+    shape, task = (24, 20, 16), BRATS2021
+    affine = np.diag([1.0, 1.2, 2.5, 1.0])
+    affine[:3, 3] = (-10.0, 5.0, 3.0)
+    cases = {  # case: (truth, prediction); label 2 (ED) around 1 (NCR) around 4 (ET)
+        "a": (_box_labels(shape, [(2, (4, 4, 3), (18, 15, 12)), (1, (7, 6, 5), (14, 12, 9)), (4, (9, 8, 6), (12, 11, 8))]),
+              _box_labels(shape, [(2, (5, 4, 3), (19, 16, 12)), (1, (8, 6, 5), (15, 13, 10))])),  # ET missed
+        "b": (_box_labels(shape, [(2, (3, 3, 2), (12, 12, 8)), (1, (5, 5, 3), (9, 9, 6))]),
+              _box_labels(shape, [(2, (3, 4, 2), (13, 12, 9)), (1, (6, 5, 3), (9, 10, 6))])),  # no ET at all
+    }
+    batches, entries = [], []
+    (tmp_path / "pred").mkdir()
+    for cid, (truth, pred) in cases.items():
+        pred_regions = torch.as_tensor(task.labels_to_regions(pred), dtype=torch.float32)
+        image = torch.cat([pred_regions, torch.zeros(1, *shape)])[None]  # the prediction rides in the image
+        batches.append({"image": MetaTensor(image, affine=torch.as_tensor(affine)),
+                        "label": torch.as_tensor(task.labels_to_regions(truth), dtype=torch.float32)[None]})
+        nib.save(nib.Nifti1Image(pred, affine), tmp_path / "pred" / f"{cid}.nii.gz")
+        nib.save(nib.Nifti1Image(truth, affine), tmp_path / f"{cid}_seg.nii.gz")
+        entries.append({"case_id": cid, "image": [f"{cid}_seg.nii.gz"] * 4, "label": f"{cid}_seg.nii.gz", "fold": 0})
+
+    module = BratsSegmentationModule("unet3d", {"features": [4, 4, 8, 8, 16, 4]}, task=task.name,
+                                     roi_size=(16, 16, 16), hd95_every_n_epochs=1)
+    monkeypatch.setattr(module, "sliding_window", lambda image: (torch.as_tensor(image)[:, :3] * 2 - 1) * 10)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    (logged,) = trainer.validate(module, dataloaders=loader, verbose=False)
+
+    (tmp_path / "dl.json").write_text(json.dumps({"task": task.name, "training": entries}))
+    assert evaluate_main(["--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "dl.json"),
+                          "-o", str(tmp_path / "eval"), "--no-progress"]) == 0
+    rows = list(csv.DictReader((tmp_path / "eval" / "metrics.csv").open()))
+    hd95 = {(r["case_id"], r["region"]): float(r["hd95"]) for r in rows}
+    assert hd95[("a", "ET")] == pytest.approx(BRATS_EMPTY_HD95) and hd95[("b", "ET")] == 0.0
+    assert 0 < hd95[("a", "WT")] < 10 and 0 < hd95[("b", "TC")] < 10  # measured, in mm
+    for region in task.region_names:
+        expected = np.mean([hd95[(cid, region)] for cid in cases])
+        assert logged[f"val/hd95_{region}"] == pytest.approx(expected, rel=1e-6), region

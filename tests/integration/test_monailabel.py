@@ -6,7 +6,8 @@ committed BraTS 3D U-Net and LGG (2.5D U-Net) bundles are served unchanged, with
 weights (the LGG bundle's ``models/model.pt``) or else seeded random weights written as a plain
 state dict; ``POST /infer/<model>`` on a stacked 4D NIfTI must return a label volume of the
 input's shape and geometry with the task's labels, equal voxel for voxel to what
-``monai.bundle run`` with ``inference.json`` writes for the same input and weights.
+``monai.bundle run`` with ``inference.json`` writes for the same input and weights. An input the
+bundle cannot take (one 3D modality) is answered with HTTP 422 and the reason, not a bare 500.
 """
 
 from __future__ import annotations
@@ -169,6 +170,23 @@ def test_infer_returns_the_label_volume_that_monai_bundle_run_writes(name: str, 
         dataset_dir=str(inputs), output_dir=str(out), device="cpu")
     ours = np.asarray(nib.load(out / f"{task.name}_case_seg.nii.gz").dataobj)
     assert np.array_equal(ours, values), f"{int((ours != values).sum())} of {ours.size} voxels differ"
+
+
+def test_infer_with_one_3d_modality_answers_422_naming_the_problem(server: str, workspace: Path) -> None:
+    """A single modality (3D) instead of the stacked 4D NIfTI: HTTP 422 whose JSON body says what is wrong, not a bare 500."""
+    name, task = "brats_unet3d_segmentation", get_task("brats2021")
+    t1 = bb.inference_cases(workspace / "cohorts" / task.name, task=task.name)[0]["image"][1]  # a 3D t1 file
+    data, headers = _multipart({"params": "{}"}, Path(t1))
+    with pytest.raises(urllib.error.HTTPError) as excinfo:
+        _request(f"{server}/infer/{name}?output=image", data=data, headers=headers)
+    error = excinfo.value
+    body = error.read().decode()
+    assert error.code == 422, (error.code, body)
+    detail = json.loads(body)["detail"]
+    assert "expected 4 channels (t1c, t1, t2, flair)" in detail and "one 4D NIfTI" in detail, detail
+    assert "(64, 56, 40)" in detail, detail  # the uploaded file's 3D shape
+    # the server still works afterwards
+    assert json.loads(_request(f"{server}/info/"))["models"][name]
 
 
 def test_train_runs_our_lightning_train_json(server: str, workspace: Path) -> None:
