@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--external-pred", metavar="DIR", help="predictions on the external cohort")
     ext.add_argument("--external-truth", metavar="DATALIST", help="the external cohort's datalist (brats-datalist "
                      "--exclude-overlap: without the training cohort's cases)")
-    ext.add_argument("--names", nargs=2, metavar=("INTERNAL", "EXTERNAL"), default=("internal", "external"),
+    ext.add_argument("--names", nargs=2, metavar=("INTERNAL", "EXTERNAL"), default=None,
                      help="headings of the two evaluations (default: internal external)")
     return p
 
@@ -173,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     external = args.external_pred is not None or args.external_truth is not None
     if external and (args.external_pred is None or args.external_truth is None):
         parser.error("--external-pred and --external-truth go together")
+    if args.names is not None and not external:
+        parser.error("--names names the two evaluations of --external-pred/--external-truth; give those too")
+    args.names = tuple(args.names or ("internal", "external"))
     if external and args.names[0] == args.names[1]:
         parser.error(f"--names: the two evaluations need different names, got {args.names[0]!r} twice")
     from preprocessing.outputs import prepare_output_folder

@@ -298,7 +298,8 @@ def test_internal_and_external_side_by_side_equal_their_summaries(side_by_side: 
 def test_side_by_side_needs_both_external_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["--pred", "p", "--truth", "dl.json", "-o", str(tmp_path / "out")]
     for extra, message in ((["--external-pred", "q"], "--external-pred and --external-truth go together"),
-                           (["--external-pred", "q", "--external-truth", "x.json", "--names", "a", "a"], "different names")):
+                           (["--external-pred", "q", "--external-truth", "x.json", "--names", "a", "a"], "different names"),
+                           (["--names", "a", "b"], "--names names the two evaluations")):
         with pytest.raises(SystemExit) as exited:
             evaluate_main([*base, *extra])
         assert exited.value.code == 2 and message in capsys.readouterr().err
