@@ -110,3 +110,50 @@ def make_tiny_bundle():
 def tiny_bundle(make_tiny_bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny brats2021 bundle of :func:`make_tiny_bundle`, once per module."""
     return make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="session")
+def make_tiny_checkpoint():
+    """A factory: ``make(path, seed=0)`` writes a Lightning-format checkpoint of a tiny brats2021
+    unet3d (untrained, seeded) to ``path`` and returns it."""
+    def make(path: Path, seed: int = 0) -> Path:
+        import pytorch_lightning as pl
+        import torch
+
+        from brats_pipeline.module import BratsSegmentationModule
+
+        torch.manual_seed(seed)
+        module = BratsSegmentationModule("unet3d", {"features": [4, 4, 8, 8, 16, 4]}, task="brats2021",
+                                         roi_size=(32, 32, 32), sw_batch_size=2, overlap=0.25, lr_scheduler=None)
+        torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                    "pytorch-lightning_version": pl.__version__,
+                    "datamodule_hyper_parameters": {"spacing": None, "orientation": "RAS", "crop_foreground": True}}, path)
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def unusable_output():
+    """A factory: ``make(tmp_path, where, leaf, as_root)`` returns an output folder a tool cannot use.
+
+    ``where``: ``"a file"`` (``tmp_path/afile``, written here), ``"under a file"``
+    (``tmp_path/afile/<leaf>``) or ``"read-only"`` (a 0555 folder; as root, who writes into any
+    folder of a normal file system, ``as_root`` under sysfs; skipped where there is none).
+    """
+    def make(tmp_path: Path, where: str, leaf: str, as_root: str) -> Path:
+        import sys
+
+        (tmp_path / "afile").write_text("not a folder")
+        if where == "read-only" and os.geteuid() != 0:
+            out = tmp_path / "ro"
+            out.mkdir()
+            out.chmod(0o555)
+            return out
+        if where == "read-only":
+            if not (sys.platform.startswith("linux") and Path("/sys").is_dir()):
+                pytest.skip("no folder that root cannot write into")
+            return Path(as_root)
+        return tmp_path / "afile" if where == "a file" else tmp_path / "afile" / leaf
+
+    return make

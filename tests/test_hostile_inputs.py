@@ -50,25 +50,9 @@ def _write_datalist(path: Path, datalist: dict, **edits: object) -> Path:
     return path
 
 
-def _checkpoint(path: Path, seed: int = 0) -> Path:
-    """A Lightning-format checkpoint of a tiny unet3d, written without training."""
-    import pytorch_lightning as pl
-    import torch
-
-    from brats_pipeline.module import BratsSegmentationModule
-
-    torch.manual_seed(seed)
-    module = BratsSegmentationModule("unet3d", {"features": [4, 4, 8, 8, 16, 4]}, task="brats2021", roi_size=(32, 32, 32),
-                                     sw_batch_size=2, overlap=0.25, lr_scheduler=None)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": pl.__version__,
-                "datamodule_hyper_parameters": {"spacing": None, "orientation": "RAS", "crop_foreground": True}}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("model") / "m.ckpt")
+def ckpt(tmp_path_factory: pytest.TempPathFactory, make_tiny_checkpoint) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("model") / "m.ckpt")
 
 
 def _infer(datalist: Path, out: Path, ckpt: Path, *extra: str) -> int:
@@ -194,7 +178,8 @@ def _replace_keeping_mtime(victim: Path, source: Path) -> None:
     os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def test_infer_redoes_cases_whose_inputs_or_model_changed(tmp_path: Path, ckpt: Path, brats_cohort) -> None:
+def test_infer_redoes_cases_whose_inputs_or_model_changed(tmp_path: Path, ckpt: Path, brats_cohort,
+                                                           make_tiny_checkpoint) -> None:
     dl_path, datalist = brats_cohort(tmp_path)
     (a, b), out = (e["case_id"] for e in datalist["training"]), tmp_path / "out"
     manifest = out / "manifest.json"
@@ -209,7 +194,7 @@ def test_infer_redoes_cases_whose_inputs_or_model_changed(tmp_path: Path, ckpt: 
     assert _rows(manifest) == {a: "ok", b: "skipped"}
 
     # another model: every case is redone, and the manifest names the model that made the outputs
-    other = _checkpoint(tmp_path / "other.ckpt", seed=1)
+    other = make_tiny_checkpoint(tmp_path / "other.ckpt", seed=1)
     assert _infer(dl_path, out, other) == 0
     assert _rows(manifest) == {a: "ok", b: "ok"}
     settings = json.loads(manifest.read_text())["settings"]
@@ -306,19 +291,10 @@ def test_old_style_temporary_files_are_removed_once_a_day_old(tmp_path: Path) ->
 @pytest.mark.parametrize("tool", ["infer", "preprocess"])
 @pytest.mark.parametrize("where", ["a file", "under a file", "read-only"])
 def test_an_output_folder_that_cannot_be_written_is_a_usage_error(tool: str, where: str, tmp_path: Path, ckpt: Path,
-                                                                  capsys: pytest.CaptureFixture[str], brats_cohort) -> None:
+                                                                  capsys: pytest.CaptureFixture[str], brats_cohort,
+                                                                  unusable_output) -> None:
     dl_path, _ = brats_cohort(tmp_path, n=1)
-    (tmp_path / "afile").write_text("not a folder")
-    if where == "read-only" and os.geteuid() != 0:
-        out = tmp_path / "ro"
-        out.mkdir()
-        out.chmod(0o555)
-    elif where == "read-only":  # root writes into any folder of a normal file system, not into sysfs
-        out = Path("/sys")
-        if not (sys.platform.startswith("linux") and out.is_dir()):
-            pytest.skip("no folder that root cannot write into")
-    else:
-        out = tmp_path / "afile" if where == "a file" else tmp_path / "afile" / "preds"
+    out = unusable_output(tmp_path, where, "preds", "/sys")
     if tool == "infer":
         code = _infer(dl_path, out, ckpt)
     else:

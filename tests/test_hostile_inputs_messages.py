@@ -61,21 +61,8 @@ def _huge_header(path: Path, dims: tuple[int, int, int] = (30000, 30000, 30000))
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Lightning-format checkpoint of a tiny unet3d, written without training."""
-    import pytorch_lightning as pl
-    import torch
-
-    from brats_pipeline.module import BratsSegmentationModule
-
-    torch.manual_seed(0)
-    module = BratsSegmentationModule("unet3d", {"features": [4, 4, 8, 8, 16, 4]}, task="brats2021", roi_size=(32, 32, 32),
-                                     sw_batch_size=2, overlap=0.25, lr_scheduler=None)
-    path = tmp_path_factory.mktemp("model") / "m.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": pl.__version__,
-                "datamodule_hyper_parameters": {"spacing": None, "orientation": "RAS", "crop_foreground": True}}, path)
-    return path
+def ckpt(tmp_path_factory: pytest.TempPathFactory, make_tiny_checkpoint) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("model") / "m.ckpt")
 
 
 def _infer_args(source: Path, out: Path, ckpt: Path) -> list[str]:
@@ -230,23 +217,14 @@ def test_training_transforms_name_the_file_at_fault(tmp_path: Path, brats_cohort
 # ---------------------------------------------- 9. brats-evaluate checks -o before any metric
 @pytest.mark.parametrize("where", ["a file", "under a file", "read-only"])
 def test_evaluate_refuses_an_unusable_output_folder_up_front(where: str, tmp_path: Path, ckpt: Path,
-                                                            capsys: pytest.CaptureFixture[str], brats_cohort) -> None:
+                                                            capsys: pytest.CaptureFixture[str], brats_cohort,
+                                                            unusable_output) -> None:
     from brats_pipeline.cli.evaluate import main as evaluate_main
     from brats_pipeline.cli.infer import main as infer_main
 
     dl_path, _ = brats_cohort(tmp_path, n=1)
     assert infer_main(_infer_args(dl_path, tmp_path / "preds", ckpt)) == 0
-    (tmp_path / "afile").write_text("not a folder")
-    if where == "read-only" and os.geteuid() != 0:
-        out = tmp_path / "ro"
-        out.mkdir()
-        out.chmod(0o555)
-    elif where == "read-only":  # root writes into any folder of a normal file system, not into sysfs
-        out = Path("/sys/brats-evaluate-out")
-        if not Path("/sys").is_dir():
-            pytest.skip("no folder that root cannot write into")
-    else:
-        out = tmp_path / "afile" if where == "a file" else tmp_path / "afile" / "eval"
+    out = unusable_output(tmp_path, where, "eval", "/sys/brats-evaluate-out")
     capsys.readouterr()
     code = evaluate_main(["--pred", str(tmp_path / "preds"), "--truth", str(dl_path), "-o", str(out), "--no-progress"])
     captured = capsys.readouterr()

@@ -263,17 +263,23 @@ def case_figures(
         out_dir: folder for the PNGs.
         surfaces: also render the 3D surfaces.
     """
+    image, pred, truth, affine = _read_case(image_path, pred_path, truth_path)
+    out = Path(out_dir)
+    paths = [plot_case(image, pred, truth, task, out / f"{case_id}_planes.png", affine, title=case_id)]
+    if surfaces:
+        paths.append(plot_surfaces(pred, task, out / f"{case_id}_surface.png", truth, affine, title=case_id))
+    return paths
+
+
+def _read_case(image_path: str | os.PathLike, pred_path: str | os.PathLike,
+               truth_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, predicted labels, true labels, affine)`` of one case's files (3D each)."""
     from preprocessing.io import read_array
 
     image, geometry = read_array(image_path, ndim=(3,))
     pred, _ = read_array(pred_path, ndim=(3,), dtype=np.int16)
     truth, _ = read_array(truth_path, ndim=(3,), dtype=np.int16)
-    out = Path(out_dir)
-    paths = [plot_case(image, pred, truth, task, out / f"{case_id}_planes.png", geometry.affine, title=case_id)]
-    if surfaces:
-        paths.append(plot_surfaces(pred, task, out / f"{case_id}_surface.png", truth, geometry.affine, title=case_id))
-    return paths
-
+    return image, pred, truth, geometry.affine
 
 
 def region_overlays(
@@ -301,12 +307,9 @@ def region_overlays(
         ``{region: PNG path}``.
     """
     from brats_pipeline.constants import get_task
-    from preprocessing.io import read_array
 
     task = get_task(task)
-    image, geometry = read_array(image_path, ndim=(3,))
-    pred, _ = read_array(pred_path, ndim=(3,), dtype=np.int16)
-    truth, _ = read_array(truth_path, ndim=(3,), dtype=np.int16)
+    image, pred, truth, affine = _read_case(image_path, pred_path, truth_path)
     pred_regions = task.labels_to_regions(pred.astype(np.int64))
     truth_regions = task.labels_to_regions(truth.astype(np.int64))
     out = Path(out_dir)
@@ -314,5 +317,5 @@ def region_overlays(
     for region in regions:
         i = task.region_names.index(region)
         paths[region] = plot_overlay(image, pred_regions[i], truth_regions[i], out / f"{case_id}_{region}_overlay.png",
-                                     geometry.affine, title=f"{case_id}: {region} (TP green, FP red, FN blue)")
+                                     affine, title=f"{case_id}: {region} (TP green, FP red, FN blue)")
     return paths
