@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -93,6 +94,7 @@ def run_recipe(
     precision: str,
     seed: int = 0,
     full: bool = False,
+    keep_checkpoint: Path | None = None,
 ) -> MethodRun:
     """Train ``lgg_cpu.yaml`` on ``train_cases`` within ``budget``, predict ``test_cases`` (see module docstring).
 
@@ -107,6 +109,8 @@ def run_recipe(
         precision: ``fp32`` or ``bf16``.
         seed: the run's seed.
         full: train the configured number of steps instead of fitting them to ``budget``.
+        keep_checkpoint: where to copy the trained checkpoint (``bench_lgg.py --keep-checkpoints``),
+            e.g. to compare inference settings on the same held-out folds later.
     """
     from brats_pipeline.inference.predictor import Predictor
 
@@ -124,6 +128,9 @@ def run_recipe(
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         steps, train_cpu, train_wall = cli.trainer.global_step, clock.cpu_s(), clock.wall_s()
         last = next(Path(tmp).rglob("last.ckpt"))  # LastCheckpoint: every epoch end, including the one a stop cuts short
+        if keep_checkpoint is not None:
+            keep_checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(last, keep_checkpoint)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         predictor = Predictor.from_checkpoint(last, device=device, amp=precision == "bf16")
         predictions: dict[str, np.ndarray] = {}

@@ -87,6 +87,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patients-limit", type=int, default=None, help="use only the first N patients (smoke tests)")
     p.add_argument("--out", type=Path, default=Path("bench_lgg_out"), help="output folder")
     p.add_argument("--no-predictions", action="store_true", help="do not write the prediction NIfTI files")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the recipe's trained checkpoints as <out>/<method>/fold<k>.ckpt")
     args = p.parse_args(argv)
     if not args.budget_minutes > 0:
         p.error(f"--budget-minutes must be positive, got {args.budget_minutes}")
@@ -162,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         train, test = split(cases, fold)
         for method in args.methods:
             print(f"-- fold {fold}, {method}: {len(train)} training / {len(test)} held-out patients", flush=True)
-            run = METHODS[method](train, test, budget_s, device, precision, seed=args.seed + fold)
+            keep = {"keep_checkpoint": args.out / method / f"fold{fold}.ckpt"} if args.keep_checkpoints and method.startswith("recipe") else {}
+            run = METHODS[method](train, test, budget_s, device, precision, seed=args.seed + fold, **keep)
             scores = write_fold_outputs(args.out, method, fold, test, run, not args.no_predictions)
             results["methods"][method]["folds"][str(fold)] = {
                 "steps": run.steps,
