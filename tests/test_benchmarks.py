@@ -178,3 +178,25 @@ def test_lgg_recipe_learns_on_real_patients(bench, lgg_dir: Path, tmp_path: Path
     # measured (AMD EPYC, 2 threads at load ~4: 255 steps): untrained 0.02, trained 0.29; 1 thread
     # makes a CPU-minute buy about twice the steps on a busy machine
     assert means["trained"] >= means["untrained"] + 0.15, means
+
+
+def test_bench_lgg_postprocess_on_kept_fold_models(bench, lgg_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Inference settings compared on bench_lgg's kept fold models: ``plain`` is the Dice bench_lgg scored, to the digit."""
+    out = tmp_path / "cv"
+    argv = ["--data", str(lgg_dir), "--methods", "recipe", "--num-folds", "3", "--folds", "0", "--patients-limit", "3",
+            "--budget-minutes", "0.05", "--precision", "fp32", "--threads", "1", "--keep-checkpoints", "--out", str(out)]
+    assert bench("bench_lgg").main(argv) == 0
+    assert (out / "recipe" / "fold0.ckpt").is_file()
+    scored = json.loads((out / "results.json").read_text())["methods"]["recipe"]["folds"]["0"]["dice"]
+    capsys.readouterr()
+    mod = bench("bench_lgg_postprocess")
+    assert mod.main(["--checkpoints", str(out / "recipe"), "--data", str(lgg_dir), "--num-folds", "3",
+                     "--patients-limit", "3", "--threads", "1", "--variants", "plain", "largest"]) == 0
+    printed = capsys.readouterr().out
+    rows = {m[1]: (float(m[2]), float(m[3])) for m in re.finditer(r"^(\S+)\s+([\d.]+)\s+([\d.]+)$", printed, re.M)}
+    assert set(scored) <= set(rows)
+    for case_id, d in scored.items():
+        assert rows[case_id][0] == pytest.approx(d, abs=5e-5)  # same model, same predictor, same patients
+        assert 0.0 <= rows[case_id][1] <= 1.0
+    assert rows["mean"][0] == pytest.approx(statistics.mean(scored.values()), abs=5e-5)
+    assert mod.main(["--checkpoints", str(tmp_path / "none"), "--data", str(lgg_dir)]) == 2
