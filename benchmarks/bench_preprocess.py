@@ -58,7 +58,7 @@ def _quality(image: Any, mask: Any) -> dict[str, float]:
 def bench_n4(image_path: Path, repeats: int, skip_peer: bool) -> dict[str, Any]:
     import SimpleITK as sitk
 
-    from preprocessing.io import read_image
+    from preprocessing.itk_io import read_image
     from preprocessing.n4 import N4Config, n4_bias_correct
     from preprocessing.normalize import foreground_mask
 

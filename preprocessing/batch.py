@@ -35,17 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from preprocessing.case import SIDECAR_SUFFIX, Case, finished_record, output_paths
+from preprocessing.config import PreprocessConfig
 from preprocessing.identity import check_case_ids
 from preprocessing.io import ImageFileError, write_json
 from preprocessing.outputs import prepare_output_folder
-from preprocessing.pipeline import (
-    SIDECAR_SUFFIX,
-    Case,
-    PreprocessConfig,
-    finished_record,
-    output_paths,
-    preprocess_case,
-)
+from preprocessing.pipeline import preprocess_case
 from preprocessing.sharding import manifest_stem
 from preprocessing.sharding import select_shard as _select_shard
 

@@ -18,7 +18,7 @@
   the SHA-256 of its shape and its voxel values in one canonical dtype (float32), so the same
   image saved as int16 or float32, with another scale factor that decodes to the same values,
   another header or another compression has one digest; two images with one different voxel
-  have two. (The reader decides the axis order: :mod:`brats_pipeline.data.overlap` hashes the
+  have two. (The reader decides the axis order: :mod:`brats_pipeline.data.overlap.by_content` hashes the
   array as stored and in RAS orientation.)
 """
 

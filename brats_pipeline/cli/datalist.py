@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         overlap = None
         if args.exclude_overlap:
-            from brats_pipeline.data.overlap import remove_overlap
+            from brats_pipeline.data.overlap.removal import remove_overlap
 
             datalist, overlap = remove_overlap(
                 datalist, args.exclude_overlap, args.name_mapping, args.mapping_columns, args.content_match,

@@ -193,8 +193,8 @@ def preprocess(raw: Path, out: Path, seed: int) -> str:
     from brats_pipeline.cli.preprocess import config_for_task
     from brats_pipeline.data.datalist import build_datalist
     from preprocessing.batch import run_batch
+    from preprocessing.case import case_from_entry
     from preprocessing.n4 import N4Config
-    from preprocessing.pipeline import case_from_entry
 
     config = config_for_task(
         "brats2021", reference="t1c", spacing=None, register=False, n4=True,

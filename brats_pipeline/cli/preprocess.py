@@ -3,7 +3,7 @@
 The task-aware glue around the task-free ``preprocessing`` package: a task name becomes the
 modality names, label values and file naming of a :class:`~preprocessing.config.PreprocessConfig`
 (:func:`config_for_task`), a dataset folder in the task's layout or a datalist becomes
-:class:`~preprocessing.pipeline.Case` objects (:func:`cases_from_input`), and
+:class:`~preprocessing.case.Case` objects (:func:`cases_from_input`), and
 :func:`preprocessing.batch.run_batch` does the rest.
 
 Batch form (a datalist JSON, or a dataset folder in the task's layout)::
@@ -31,10 +31,10 @@ from typing import Any
 
 from brats_pipeline.constants import Task, get_task
 from preprocessing.batch import CaseStatus, run_batch
+from preprocessing.case import Case, case_from_entry
 from preprocessing.config import PreprocessConfig
 from preprocessing.n4 import N4Config
 from preprocessing.outputs import prepare_output_folder
-from preprocessing.pipeline import Case, case_from_entry
 from preprocessing.register import RegistrationConfig
 from preprocessing.sharding import parse_shard
 

@@ -15,15 +15,10 @@ import pytest
 
 from brats_pipeline.cli.datalist import main as datalist_main
 from brats_pipeline.data.datalist import build_datalist, load_datalist, write_datalist
-from brats_pipeline.data.overlap import (
-    Cohort,
-    image_fingerprints,
-    load_cohort,
-    match_by_content,
-    match_by_name,
-    read_name_mapping,
-    remove_overlap,
-)
+from brats_pipeline.data.overlap.by_content import image_fingerprints, match_by_content
+from brats_pipeline.data.overlap.by_name import match_by_name, read_name_mapping
+from brats_pipeline.data.overlap.cohorts import Cohort, load_cohort
+from brats_pipeline.data.overlap.removal import remove_overlap
 from brats_pipeline.data.synthetic import make_phantom, write_case, write_cohort
 from preprocessing.identity import voxel_digest
 

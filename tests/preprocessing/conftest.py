@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from preprocessing.config import PreprocessConfig
 from preprocessing.n4 import N4Config
-from preprocessing.pipeline import PreprocessConfig
 from preprocessing.register import RegistrationConfig
 
 #: Small synthetic volumes: 48 x 48 x 40 voxels of 3 mm (a head-sized 144 mm field of view).

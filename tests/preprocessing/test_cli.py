@@ -16,7 +16,7 @@ import pytest
 
 from brats_pipeline.cli.preprocess import config_for_task, main
 from preprocessing.batch import select_shard
-from preprocessing.pipeline import Case, output_paths
+from preprocessing.case import Case, output_paths
 from preprocessing.sharding import parse_shard
 
 LABELLED = ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"]

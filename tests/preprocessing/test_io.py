@@ -1,4 +1,4 @@
-"""preprocessing.io with SimpleITK: formats, RAS<->LPS, checks with named errors, atomic writes."""
+"""preprocessing.io and preprocessing.itk_io with SimpleITK: formats, RAS<->LPS, checks with named errors, atomic writes."""
 
 from __future__ import annotations
 
@@ -15,16 +15,13 @@ import SimpleITK as sitk
 from preprocessing.io import (
     ImageFileError,
     array_to_sitk_ras,
-    check_same_grid,
     ras_affine_to_sitk,
     read_array,
-    read_image,
-    read_label,
     sitk_to_array,
     sitk_to_ras_affine,
-    write_image,
     write_nifti,
 )
+from preprocessing.itk_io import check_same_grid, read_image, read_label, write_image
 
 
 def _oblique_affine() -> np.ndarray:

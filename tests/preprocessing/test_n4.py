@@ -10,7 +10,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from brats_pipeline.data.synthetic import GM, make_phantom
-from preprocessing.io import array_to_sitk_ras, read_image, sitk_to_array
+from preprocessing.io import array_to_sitk_ras, sitk_to_array
+from preprocessing.itk_io import read_image
 from preprocessing.n4 import N4Config, n4_bias_correct, nonuniformity, shrink_factors
 from preprocessing.normalize import foreground_mask
 from preprocessing.resample import reorient

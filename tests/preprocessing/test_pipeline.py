@@ -12,16 +12,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from preprocessing.io import ImageFileError, check_same_grid, sitk_to_array
-from preprocessing.pipeline import (
-    Case,
-    PreprocessConfig,
-    case_from_entry,
-    finished_record,
-    output_paths,
-    preprocess_case,
-    sidecar_path,
-)
+from preprocessing.case import Case, case_from_entry, finished_record, output_paths, sidecar_path
+from preprocessing.config import PreprocessConfig
+from preprocessing.io import ImageFileError, sitk_to_array
+from preprocessing.itk_io import check_same_grid
+from preprocessing.pipeline import preprocess_case
 
 MODALITIES = {"t1c": "t1ce", "t1": "t1", "t2": "t2", "flair": "flair"}
 

@@ -9,8 +9,11 @@ import pytest
 import SimpleITK as sitk
 
 from brats_pipeline.data.synthetic import GM, make_phantom
-from preprocessing.io import array_to_sitk_ras, check_same_grid, read_image, sitk_to_array
-from preprocessing.pipeline import Case, PreprocessConfig, preprocess_case
+from preprocessing.case import Case
+from preprocessing.config import PreprocessConfig
+from preprocessing.io import array_to_sitk_ras, sitk_to_array
+from preprocessing.itk_io import check_same_grid, read_image
+from preprocessing.pipeline import preprocess_case
 from preprocessing.register import (
     RegistrationConfig,
     image_centre,

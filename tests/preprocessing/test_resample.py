@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from preprocessing.io import array_to_sitk_ras, read_image, sitk_to_array, write_image
+from preprocessing.io import array_to_sitk_ras, sitk_to_array
+from preprocessing.itk_io import read_image, write_image
 from preprocessing.resample import (
     make_reference_grid,
     orientation_of,

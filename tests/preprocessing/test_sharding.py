@@ -107,7 +107,7 @@ def test_entries_without_a_case_id_are_refused() -> None:
 def test_both_batch_commands_use_the_same_shards() -> None:
     from brats_pipeline.inference.batch import select_shard as infer_select
     from preprocessing.batch import select_shard as preprocess_select
-    from preprocessing.pipeline import Case
+    from preprocessing.case import Case
 
     entries = [{"case_id": c, "image": [f"/d/{c}/{c}_t1.nii.gz"]} for c in IDS]
     random.Random(1).shuffle(entries)

@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent(
     from preprocessing.config import PreprocessConfig
     from preprocessing.io import write_nifti
     from preprocessing.n4 import N4Config
-    from preprocessing.pipeline import Case
+    from preprocessing.case import Case
     from preprocessing.register import RegistrationConfig
 
     out = sys.argv[1]
