@@ -18,6 +18,12 @@ each region owns (BraTS 2021: WT -> 2 (ED), TC -> 1 (NCR), ET -> 4 (ET)).
 Array conventions: label maps are integer arrays of spatial shape ``(X, Y, Z)`` (or with a
 leading channel of size 1); region maps are ``(R, X, Y, Z)`` with R = ``len(task.regions)``
 in ``task.regions`` order.
+
+**Output modes** (:data:`OUTPUT_MODES`): a network outputs either one sigmoid channel per
+region (``sigmoid``, the default) or one softmax channel per *class* (``softmax``): class ``i``
+is the label value ``task.label_values[i]`` (background is class 0; BraTS 2021 labels
+{0, 1, 2, 4} are classes 0..3). ``labels_to_classes``/``classes_to_labels`` convert exactly,
+and ``label_keys`` gives each label a short name for metric and log names (``NCR``, ``ED``, ``ET``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,17 @@ CONTRASTS = ("t1", "t1c", "t2", "flair")
 
 #: Tumour compartments the synthetic phantom draws (nested: necrosis inside enhancing inside edema).
 COMPARTMENTS = ("necrosis", "enhancing", "edema")
+
+#: What a network's output channels are: one sigmoid channel per region, or one softmax channel per class.
+OUTPUT_MODES = ("sigmoid", "softmax")
+
+
+def check_output_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`OUTPUT_MODES`, else ``ValueError`` naming it."""
+    if mode not in OUTPUT_MODES:
+        raise ValueError(f"unknown output_mode {mode!r}; choose one of {OUTPUT_MODES} "
+                         "(sigmoid: one channel per region; softmax: one channel per class of the label scheme)")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,9 @@ class Task:
         patient_pattern: regex whose group 1 is the patient id of a case id; cases of one
             patient always land in the same fold. ``None``: every case is its own patient.
         synth_case_format: ``str.format`` pattern with ``{i}`` for synthetic case ids.
+        label_keys: foreground label value -> short name used in metric and log names
+            (``val/dice_label_NCR``, ``brats-evaluate``'s per-label columns): letters, digits and
+            ``_``; default: ``labels``' names with other characters replaced by ``_``.
     """
 
     name: str
@@ -101,6 +121,7 @@ class Task:
     case_pattern: str = r".+"
     patient_pattern: str | None = None
     synth_case_format: str = "case_{i:05d}"
+    label_keys: Mapping[int, str] | None = None
     _painting: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +137,13 @@ class Task:
         if set(self.compartment_labels) != set(COMPARTMENTS):
             raise ValueError(f"task {self.name!r}: compartment_labels must name exactly {COMPARTMENTS}")
         object.__setattr__(self, "_painting", _painting_order(self.name, self.regions))
+        keys = dict(self.label_keys) if self.label_keys is not None else {
+            v: re.sub(r"\W+", "_", n).strip("_") or f"label{v}" for v, n in self.labels.items()}
+        if set(keys) != known or len(set(keys.values())) != len(keys) or not all(
+                re.fullmatch(r"[A-Za-z]\w*", k) for k in keys.values()):
+            raise ValueError(f"task {self.name!r}: label_keys must give each label {sorted(known)} a distinct name "
+                             f"of letters, digits and _, got {keys}")
+        object.__setattr__(self, "label_keys", keys)
 
     # ----------------------------------------------------------------- names
     @property
@@ -211,6 +239,57 @@ class Task:
             out[on[channel]] = value
         return out
 
+    # ------------------------------------------------------- softmax classes
+    @property
+    def n_classes(self) -> int:
+        """Classes of the softmax output mode: background and each label (``len(label_values)``)."""
+        return len(self.label_values)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Short name of each class in class order: ``background`` then ``label_keys`` (``NCR``, ``ED``, ``ET``)."""
+        return ("background", *(self.label_keys[v] for v in self.label_values[1:]))
+
+    def output_channels(self, mode: str = "sigmoid") -> int:
+        """A network's output channels in output ``mode``: one per region (sigmoid) or per class (softmax)."""
+        return len(self.regions) if check_output_mode(mode) == "sigmoid" else self.n_classes
+
+    def labels_to_classes(self, label: Any) -> Any:
+        """Label map (any shape, the scheme's values) -> class indices (``label_values`` positions), same shape.
+
+        numpy in, ``int64`` numpy out; torch in, ``int64`` torch out. Unknown values raise ``ValueError``.
+        """
+        is_torch = _is_tensor(label)
+        values = label.detach().cpu().numpy() if is_torch else np.asarray(label)
+        self.check_labels(values)
+        lut = np.zeros(max(self.label_values) + 1, dtype=np.int64)
+        lut[list(self.label_values)] = np.arange(self.n_classes)
+        if is_torch:
+            import torch
+
+            return torch.as_tensor(lut, device=label.device)[label.long()]
+        return lut[values.astype(np.int64)]
+
+    def classes_to_labels(self, classes: Any, dtype: Any = np.uint8) -> Any:
+        """Class indices (any shape, values in ``[0, n_classes)``) -> the scheme's label values, same shape.
+
+        numpy in, ``dtype`` numpy out; torch in, ``uint8`` torch out. Indices out of range raise ``ValueError``.
+        """
+        is_torch = _is_tensor(classes)
+        if not is_torch:
+            classes = np.asarray(classes)
+        size = classes.numel() if is_torch else classes.size
+        low, high = (int(classes.min()), int(classes.max())) if size else (0, 0)
+        if low < 0 or high >= self.n_classes:
+            raise ValueError(f"class indices must lie in [0, {self.n_classes - 1}] for the {self.name} classes "
+                             f"{self.class_names}, got values in [{low}, {high}]")
+        if is_torch:
+            import torch
+
+            lut = torch.tensor(self.label_values, dtype=torch.uint8, device=classes.device)
+            return lut[classes.long()]
+        return np.asarray(self.label_values, dtype=dtype)[np.asarray(classes).astype(np.int64)]
+
 
 def _is_tensor(x: Any) -> bool:
     return type(x).__module__.startswith("torch") or hasattr(x, "__torch_function__")
@@ -260,6 +339,7 @@ BRATS2021 = Task(
         Modality("flair", "flair", ("flair", "t2f")),
     ),
     labels={1: "NCR/NET", 2: "ED", 4: "ET"},
+    label_keys={1: "NCR", 2: "ED", 4: "ET"},
     regions=_brats_regions(ncr=1, ed=2, et=4),
     compartment_labels={"necrosis": 1, "edema": 2, "enhancing": 4},
     separator="_",
@@ -279,6 +359,7 @@ BRATS2015 = Task(
         Modality("flair", "flair", ("flair",)),
     ),
     labels={1: "necrosis", 2: "oedema", 3: "non-enhancing tumour", 4: "enhancing tumour"},
+    label_keys={1: "NCR", 2: "ED", 3: "NET", 4: "ET"},
     # BraTS 2015 regions (Menze et al. 2015): complete = all four, core = all but oedema,
     # enhancing = 4. TC owns two labels (1, 3) beside ET, so a fourth channel, necrosis {1},
     # keeps labels <-> regions exact (TC then owns 3, the non-enhancing tumour).
@@ -305,6 +386,7 @@ BRATS2023 = Task(
         Modality("t2f", "flair", ("t2f",)),
     ),
     labels={1: "NETC", 2: "SNFH", 3: "ET"},
+    label_keys={1: "NETC", 2: "SNFH", 3: "ET"},
     regions=_brats_regions(ncr=1, ed=2, et=3),
     compartment_labels={"necrosis": 1, "edema": 2, "enhancing": 3},
     separator="-",
@@ -323,6 +405,7 @@ MSD_TASK01 = Task(
         Modality("t2", "t2", ("T2w",)),
     ),
     labels={1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"},
+    label_keys={1: "ED", 2: "NET", 3: "ET"},
     regions=_brats_regions(ncr=2, ed=1, et=3),
     compartment_labels={"necrosis": 2, "edema": 1, "enhancing": 3},
     layout="msd",
@@ -338,6 +421,7 @@ LGG = Task(
         Modality("t1c", "t1c", ("t1c",)),
     ),
     labels={1: "FLAIR abnormality"},
+    label_keys={1: "FLAIR"},
     regions=(Region("WT", frozenset({1}), "FLAIR abnormality"),),
     compartment_labels={"necrosis": 1, "edema": 1, "enhancing": 1},
     separator="_",

@@ -14,7 +14,16 @@ Outputs of :func:`write_evaluation` (all atomic):
 * ``metrics.csv`` — one row per case and region: ``case_id,region,dice,iou,hd95,...``;
 * ``summary.json`` — ``{"task", "n_cases", "summary": {region: {metric: {stat: value}}},
   "missing": [...], "failed": {case_id: reason}}``;
-* ``summary.md`` — the same summary as Markdown tables (Dice and HD95, then all metrics).
+* ``summary.md`` — the same summary as Markdown tables (Dice and HD95, then all metrics), then
+  the per-label table;
+* ``label_metrics.csv`` — per label of the scheme (:func:`brats_pipeline.metrics.label_metrics`,
+  on the label maps: BraTS 2021 NCR, ED, ET by ``task.label_keys``) one row per case:
+  ``case_id,accuracy,dice_NCR,dice_ED,dice_ET,iou_NCR,...,recall_ET`` (``accuracy``: the share
+  of voxels with the right label, background included); ``summary.json`` holds them under
+  ``labels`` (``summary``, ``accuracy`` statistics, ``per_case``, ``per_case_accuracy``).
+
+Regions are the BraTS challenge's metrics; the per-label ones are what multi-class (softmax)
+papers report, and are computed for every evaluation (both output modes write label maps).
 """
 
 from __future__ import annotations
@@ -32,10 +41,13 @@ import numpy as np
 from brats_pipeline.constants import Task, get_task
 from brats_pipeline.metrics import (
     BRATS_EMPTY_HD95,
+    LABEL_METRIC_NAMES,
     METRIC_NAMES,
     STAT_NAMES,
     aggregate,
     case_metrics_from_labels,
+    label_metrics,
+    voxel_accuracy,
 )
 
 
@@ -50,6 +62,8 @@ class EvaluationResult:
         failed: ``{case_id: reason}`` for cases that could not be evaluated (unreadable file,
             grid mismatch, labels outside the scheme).
         pred_paths / truth_paths: the files of each evaluated case.
+        per_case_labels: ``{case_id: {label key: {metric: value}}}`` (:data:`LABEL_METRIC_NAMES`).
+        accuracy: ``{case_id: voxel accuracy}``.
     """
 
     task: Task
@@ -58,6 +72,8 @@ class EvaluationResult:
     failed: dict[str, str] = field(default_factory=dict)
     pred_paths: dict[str, str] = field(default_factory=dict)
     truth_paths: dict[str, str] = field(default_factory=dict)
+    per_case_labels: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -67,6 +83,13 @@ class EvaluationResult:
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """``aggregate`` of the per-case metrics (empty dict when no case was evaluated)."""
         return aggregate(self.per_case.values()) if self.per_case else {}
+
+    def label_summary(self) -> dict[str, Any]:
+        """``{"summary": {label: {metric: {stat}}}, "accuracy": {stat}}`` of the per-label metrics (``{}``: none)."""
+        if not self.per_case_labels:
+            return {}
+        accuracy = aggregate({"all": {"accuracy": a}} for a in self.accuracy.values())["all"]["accuracy"]
+        return {"summary": aggregate(self.per_case_labels.values()), "accuracy": accuracy}
 
 
 def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +126,18 @@ def evaluate_case(
         preprocessing.io.ImageFileError: unreadable file, different grids (shape or affine),
             or label values outside the task's scheme (naming the file).
     """
+    pred, truth, spacing = read_case_pair(pred_path, truth_path, task, atol)
+    return case_metrics_from_labels(pred, truth, task, spacing, empty_hd95)
+
+
+def read_case_pair(
+    pred_path: str | os.PathLike, truth_path: str | os.PathLike, task: str | Task, atol: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """A predicted label map and its truth, checked to share a grid and the task's labels: ``(pred, truth, spacing)``.
+
+    Raises:
+        preprocessing.io.ImageFileError: as :func:`evaluate_case`.
+    """
     from preprocessing.io import ImageFileError
 
     task = get_task(task)
@@ -118,7 +153,7 @@ def evaluate_case(
         except ValueError as exc:
             raise ImageFileError(path, str(exc).split(": ", 1)[-1]) from None
     spacing = tuple(float(s) for s in np.linalg.norm(truth_affine[:3, :3], axis=0))
-    return case_metrics_from_labels(pred, truth, task, spacing, empty_hd95)
+    return pred, truth, spacing
 
 
 def truth_entries(datalist: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -173,7 +208,9 @@ def evaluate_folder(
     def one(job: tuple[str, Path, str]) -> tuple[str, Any]:
         cid, pred, label = job
         try:
-            return cid, evaluate_case(pred, label, task, empty_hd95)
+            p, t, spacing = read_case_pair(pred, label, task)
+            return cid, (case_metrics_from_labels(p, t, task, spacing, empty_hd95), label_metrics(p, t, task),
+                         voxel_accuracy(p, t))
         except (ValueError, OSError) as exc:
             return cid, exc
 
@@ -184,7 +221,7 @@ def evaluate_folder(
             if isinstance(outcome, Exception):
                 result.failed[cid] = str(outcome)
             else:
-                result.per_case[cid] = outcome
+                result.per_case[cid], result.per_case_labels[cid], result.accuracy[cid] = outcome
                 result.pred_paths[cid] = str(pred)
                 result.truth_paths[cid] = label
     bar.close()
@@ -208,6 +245,41 @@ def metrics_csv(per_case: Mapping[str, Mapping[str, Mapping[str, float]]]) -> st
     for row in metrics_rows(per_case):
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     return buf.getvalue()
+
+
+_SHOWN = {"dice": "Dice", "iou": "IoU"}
+
+
+def label_metrics_csv(result: EvaluationResult) -> str:
+    """The per-label metrics as CSV text: one row per case, ``case_id,accuracy,<metric>_<label>...``."""
+    keys = result.task.class_names[1:]
+    columns = [f"{m}_{k}" for m in LABEL_METRIC_NAMES for k in keys]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case_id", "accuracy", *columns])
+    for cid, labels in result.per_case_labels.items():
+        values = [labels[k][m] for m in LABEL_METRIC_NAMES for k in keys]
+        writer.writerow([cid, *(f"{float(v):.6g}" for v in (result.accuracy[cid], *values))])
+    return buf.getvalue()
+
+
+def label_summary_markdown(result: EvaluationResult) -> str:
+    """Markdown table of the per-label metrics (mean ± std over cases) and the voxel accuracy; ``""`` without cases."""
+    summary = result.label_summary()
+    if not summary:
+        return ""
+    task = result.task
+    lines = ["Per label of the label maps (mean ± std over cases):", "",
+             "| label | value | " + " | ".join(_SHOWN.get(m, m) for m in LABEL_METRIC_NAMES) + " |",
+             "| --- | ---: |" + " ---: |" * len(LABEL_METRIC_NAMES)]
+    for value in task.label_values[1:]:
+        key = task.label_keys[value]
+        stats = summary["summary"][key]
+        lines.append(f"| {key} | {value} | " + " | ".join(f"{_fmt(stats[m]['mean'])} ± {_fmt(stats[m]['std'])}"
+                                                        for m in LABEL_METRIC_NAMES) + " |")
+    acc = summary["accuracy"]
+    lines += ["", f"Voxel accuracy (all labels, background included): {_fmt(acc['mean'], 4)} ± {_fmt(acc['std'], 4)}", ""]
+    return "\n".join(lines)
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -254,9 +326,12 @@ def write_evaluation(result: EvaluationResult, out_dir: str | os.PathLike) -> di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = result.summary()
-    paths = {"csv": out / "metrics.csv", "json": out / "summary.json", "markdown": out / "summary.md"}
+    paths = {"csv": out / "metrics.csv", "json": out / "summary.json", "markdown": out / "summary.md",
+             "labels_csv": out / "label_metrics.csv"}
     with atomic_path(paths["csv"]) as tmp:
         tmp.write_text(metrics_csv(result.per_case), encoding="utf-8")
+    with atomic_path(paths["labels_csv"]) as tmp:
+        tmp.write_text(label_metrics_csv(result), encoding="utf-8")
     write_json(
         {
             "task": result.task.name,
@@ -265,10 +340,15 @@ def write_evaluation(result: EvaluationResult, out_dir: str | os.PathLike) -> di
             "missing": result.missing,
             "failed": result.failed,
             "per_case": result.per_case,
+            "labels": {"values": {result.task.label_keys[v]: v for v in result.task.label_values[1:]},
+                       **result.label_summary(), "per_case": result.per_case_labels,
+                       "per_case_accuracy": result.accuracy},
         },
         paths["json"],
     )
     md = summary_markdown(summary, f"{result.task.name}: {len(result.per_case)} case(s)")
+    if result.per_case_labels:
+        md += "\n" + label_summary_markdown(result)
     if result.missing:
         md += f"\nMissing predictions ({len(result.missing)}): {', '.join(result.missing)}\n"
     if result.failed:

@@ -9,8 +9,8 @@ Two modes, matching the two ways a network's output channels can be read:
   ``target`` holds **class indices** ``(B, 1, *spatial)`` in ``[0, C)``.
 
 Every loss takes **logits** (the activation is applied inside) and returns a scalar. MONAI's
-losses are used where MONAI has them; :class:`DiceBCELoss` and :class:`WeightedCEDiceLoss`
-are written here. :data:`LOSSES` lists the names with their papers::
+losses are used where MONAI has them, torch's cross-entropy for ``ce``; :class:`DiceBCELoss` and
+:class:`WeightedCEDiceLoss` are written here. :data:`LOSSES` lists the names with their papers::
 
     loss = build_loss("dice_focal", mode="sigmoid", lambda_focal=0.5)
     value = loss(logits, target)
@@ -29,6 +29,7 @@ from torch import nn
 __all__ = [
     "LOSSES",
     "LOSS_MODES",
+    "CrossEntropyLoss",
     "DiceBCELoss",
     "LossSpec",
     "SegmentationLoss",
@@ -56,6 +57,12 @@ LOSSES: dict[str, LossSpec] = {
     for s in (
         LossSpec(
             "dice", "Milletari et al., V-Net, 3DV 2016", "soft Dice, 1 - mean over channels (MONAI DiceLoss)"
+        ),
+        LossSpec(
+            "ce",
+            "Ronneberger et al., U-Net, MICCAI 2015 (pixel-wise cross-entropy)",
+            "cross-entropy, mean over voxels (sigmoid: binary CE with logits per region channel, torch "
+            "BCEWithLogitsLoss; softmax: CE over classes, torch CrossEntropyLoss); optional per-channel weight",
         ),
         LossSpec(
             "dice_ce",
@@ -279,6 +286,30 @@ class WeightedCEDiceLoss(nn.Module):
         return self.lambda_ce * ce + self.lambda_dice * dice
 
 
+class CrossEntropyLoss(nn.Module):
+    """Plain cross-entropy, mean over voxels (torch's): binary CE with logits per channel, or CE over classes.
+
+    Args:
+        mode: ``"sigmoid"`` (``binary_cross_entropy_with_logits``, mean over every element) or
+            ``"softmax"`` (``cross_entropy`` over the class channel, target ``(B, 1, *spatial)``).
+        weight: one weight per channel: sigmoid mode, the weight of a channel's positive voxels
+            (torch ``pos_weight``); softmax mode, the weight of each class (torch ``weight``).
+    """
+
+    def __init__(self, mode: str = "sigmoid", weight: Sequence[float] | None = None) -> None:
+        super().__init__()
+        _check_mode(mode)
+        self.mode = mode
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar loss (target as in :class:`SegmentationLoss` for the mode)."""
+        w = None if self.weight is None else _per_channel(self.weight, logits, "weight")
+        if self.mode == "softmax":
+            return F.cross_entropy(logits, target[:, 0].long(), weight=None if w is None else w.flatten())
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=w)
+
+
 class SoftmaxFocalLoss(nn.Module):
     """Focal loss over exclusive classes (Lin et al., ICCV 2017): ``mean_voxels -(1 - p_t)^gamma log p_t``.
 
@@ -391,6 +422,8 @@ def _make(name: str, mode: str, kw: dict[str, Any]) -> nn.Module:
     act = {"softmax": True, "to_onehot_y": True} if soft else {"sigmoid": True}
     if name == "dice":
         return losses.DiceLoss(**act, **kw)
+    if name == "ce":
+        return CrossEntropyLoss(mode, **kw)
     if name == "dice_ce":
         if soft:
             return losses.DiceCELoss(**act, **kw)

@@ -8,7 +8,10 @@ optimiser and learning-rate schedule (callables, as LightningCLI's ``OptimizerCa
 the sliding-window inferer parameters.
 
 Batches: ``image`` (B, C, X, Y, Z) float; ``label`` (B, R, X, Y, Z) region channels (0/1
-float). Outputs are region logits; probabilities are ``sigmoid(logits)``. The dimensionality
+float). Outputs are region logits; probabilities are ``sigmoid(logits)``. With
+``output_mode="softmax"`` the network outputs one logit per class of the task's label scheme
+(background included), ``label`` is class indices (B, 1, X, Y, Z) and probabilities are
+``softmax(logits)`` over the channels. The dimensionality
 comes from the network: a 2D network trains on slices ``(B, C·(2k+1), H, W)`` (``k = context``
 neighbours each side as channels for 2.5D) and validates on whole volumes slice by slice.
 
@@ -19,7 +22,11 @@ in mm: :func:`brats_pipeline.metrics.brats_hd95`, the BraTS HD95 that ``brats-ev
 (both empty 0, exactly one empty 373.13 mm), mean over cases. Per-case sums are reduced across
 DDP ranks, so each case counts exactly once.
 ``val/loss`` is the training loss on the validation volumes' sliding-window logits (mean over
-cases), so that training and validation loss can be compared.
+cases), so that training and validation loss can be compared. In softmax mode the region Dice
+(and HD95) is that of the argmax label map's regions, so ``val/dice_mean`` (checkpointing,
+early stopping) means the same in both modes, and validation also logs
+``val/dice_label_<key>`` per label of the scheme (``task.label_keys``: NCR, ED, ET) and
+``val/accuracy`` (:func:`brats_pipeline.metrics.voxel_accuracy` of the label maps).
 
 Checkpoints say which network they hold: ``checkpoint["network"]`` is
 :func:`brats_pipeline.networks.network_config` of the network (registry name, channels,
@@ -42,7 +49,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from brats_pipeline.constants import get_task
+from brats_pipeline.constants import check_output_mode, get_task
 from brats_pipeline.schedules import ProgressLR
 
 
@@ -63,9 +70,14 @@ class BratsSegmentationModule(pl.LightningModule):
         network: registry name (``unet3d``, ``attention_unet``, ...) or an ``nn.Module``.
         network_kwargs: options for :func:`brats_pipeline.networks.build_network`.
         task: task name; decides region names (and the label scheme used downstream).
-        in_channels: image channels (modalities); default: the task's number of modalities. A
+        in_channels: image channels (modalities); default: the number of ``modalities``. A
             2.5D network (``context > 0``) takes ``in_channels * (2 * context + 1)``.
-        loss: loss name for :func:`brats_pipeline.losses.build_loss` (sigmoid mode).
+        modalities: the modalities the network reads, a subset of the task's (names or aliases;
+            channels in the task's order, :mod:`brats_pipeline.data.modalities`); default: all of
+            them. Recorded in the hyper-parameters (and so in checkpoints, for the predictor);
+            ``brats-train`` links it to ``data.modalities``.
+        loss: loss name for :func:`brats_pipeline.losses.build_loss`, built in ``output_mode``
+            (softmax: ``ce``, ``dice``, ``dice_ce``, ``dice_focal``, ... with class-index targets).
         loss_kwargs: options for the loss.
         optimizer: ``params -> Optimizer`` (LightningCLI ``OptimizerCallable``), e.g.
             ``functools.partial(torch.optim.SGD, lr=0.01, momentum=0.99, nesterov=True)``;
@@ -84,6 +96,9 @@ class BratsSegmentationModule(pl.LightningModule):
         context: 2D networks: neighbouring slices on each side stacked as channels (2.5D); the
             network then takes ``in_channels * (2 * context + 1)`` channels.
         hd95_every_n_epochs: also compute HD95 every n epochs (0: only the last epoch and test).
+        output_mode: ``sigmoid`` (one output channel per region, the default) or ``softmax`` (one
+            per class of the task's label scheme, background included: BraTS 2021 {0, 1, 2, 4} ->
+            4 classes; targets are class indices). Recorded in the hyper-parameters (checkpoints).
     """
 
     def __init__(
@@ -92,6 +107,7 @@ class BratsSegmentationModule(pl.LightningModule):
         network_kwargs: dict[str, Any] | None = None,
         task: str = "brats2021",
         in_channels: int | None = None,
+        modalities: Sequence[str] | None = None,
         loss: str = "dice_ce",
         loss_kwargs: dict[str, Any] | None = None,
         optimizer: OptimizerCallable = default_optimizer,
@@ -103,6 +119,7 @@ class BratsSegmentationModule(pl.LightningModule):
         slice_axis: int = 2,
         context: int = 0,
         hd95_every_n_epochs: int = 0,
+        output_mode: str = "sigmoid",
     ) -> None:
         super().__init__()
         if not callable(optimizer):
@@ -114,9 +131,15 @@ class BratsSegmentationModule(pl.LightningModule):
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-        self.task = get_task(task)
+        from brats_pipeline.data.modalities import select_modalities
+
+        self.task = select_modalities(get_task(task), modalities, "model.modalities")
         self.region_names = self.task.region_names
+        self.output_mode = check_output_mode(output_mode)
         in_channels = len(self.task.modalities) if in_channels is None else int(in_channels)
+        if modalities is not None and in_channels != len(self.task.modalities):
+            raise ValueError(f"in_channels={in_channels}, but modalities {list(self.task.modality_names)} give "
+                             f"{len(self.task.modalities)}; set one of them")
         from brats_pipeline.data.slices import check_context, check_slice_axis
         from brats_pipeline.networks import build_network, spatial_dims_of
 
@@ -127,7 +150,9 @@ class BratsSegmentationModule(pl.LightningModule):
             self.network = network
         else:
             self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-            self.network = build_network(network, network_in, len(self.region_names), **(network_kwargs or {}))
+            self.network = build_network(network, network_in, self.task.output_channels(output_mode), **(network_kwargs or {}))
+        # the modalities read, in channel order (None: in_channels set alone to another count; unknown)
+        self.hparams["modalities"] = list(self.task.modality_names) if in_channels == len(self.task.modalities) else None
         self.network_config = self._record_network(network_in)
         #: 2 (slices; 2.5D with ``context``) or 3 (volumes): what the data module and inferer follow
         self.spatial_dims = spatial_dims_of(self.network, default=3)
@@ -136,13 +161,22 @@ class BratsSegmentationModule(pl.LightningModule):
         self.inferer()  # validates roi_size, overlap, blend_mode for this dimensionality
         from brats_pipeline.losses import build_loss
 
-        self.loss_fn = build_loss(loss, mode="sigmoid", **(loss_kwargs or {}))
+        if "mode" in (loss_kwargs or {}):
+            raise ValueError(f"loss_kwargs {{'mode': {loss_kwargs['mode']!r}}}: the loss mode is the module's output_mode; "
+                             "set --model.output_mode softmax (or sigmoid) instead")
+        self.loss_fn = build_loss(loss, mode=output_mode, **(loss_kwargs or {}))
         self._val_sums: torch.Tensor | None = None
         self._hd_sums: torch.Tensor | None = None
         #: optimiser steps whose gradients were not finite (zeroed; see :meth:`on_before_optimizer_step`)
         self.nonfinite_steps = 0
 
     # ------------------------------------------------------------------ model
+    @property
+    def modality_names(self) -> tuple[str, ...] | None:
+        """The modalities the network reads, in channel order (``None``: not recorded)."""
+        names = self.hparams.get("modalities")
+        return None if names is None else tuple(names)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.network(image)
 
@@ -199,7 +233,8 @@ class BratsSegmentationModule(pl.LightningModule):
 
     def _start_accumulating(self) -> None:
         n = len(self.region_names)
-        self._val_sums = torch.zeros(n + 2, device=self.device, dtype=torch.float64)  # dice per region, loss, count
+        extra = self.task.n_classes if self.output_mode == "softmax" else 0  # softmax: dice per label, accuracy
+        self._val_sums = torch.zeros(n + 2 + extra, device=self.device, dtype=torch.float64)  # dice per region, loss, count
         self._hd_sums = torch.zeros(2 * n, device=self.device, dtype=torch.float64)  # hd sum + finite count
 
     def _want_hd95(self) -> bool:
@@ -220,9 +255,14 @@ class BratsSegmentationModule(pl.LightningModule):
 
         image, label = batch["image"], batch["label"]
         logits = self.sliding_window(image)
-        pred = (torch.sigmoid(logits) > 0.5).float()
-        truth = (label > 0.5).float()
-        dice = compute_dice(pred, truth, include_background=True, ignore_empty=False)  # (B, R)
+        softmax = self.output_mode == "softmax"
+        if softmax:  # the argmax label map: its regions, then one mask per label
+            pred_classes, true_classes = _plain(logits).argmax(1, keepdim=True), _plain(label).round().long()
+            pred, truth = self._class_masks(pred_classes), self._class_masks(true_classes)
+        else:
+            pred = (torch.sigmoid(logits) > 0.5).float()
+            truth = (label > 0.5).float()
+        dice = compute_dice(pred, truth, include_background=True, ignore_empty=False)  # (B, R [+ labels])
         # the training loss on each whole volume's logits: val/loss
         logits, target = _plain(logits), _plain(label).to(logits.dtype)
         loss = torch.stack([self.loss_fn(logits[b : b + 1], target[b : b + 1]) for b in range(logits.shape[0])])
@@ -231,9 +271,16 @@ class BratsSegmentationModule(pl.LightningModule):
         weight = torch.ones(dice.shape[0]) if weight is None else torch.as_tensor(weight).reshape(-1)
         weight = weight.to(dice.device, torch.float64)
         n = len(self.region_names)
-        self._val_sums[:n] += (dice.double() * weight[:, None]).sum(0)
+        self._val_sums[:n] += (dice[:, :n].double() * weight[:, None]).sum(0)
         self._val_sums[n] += (loss.detach().double() * weight).sum()
         self._val_sums[n + 1] += weight.sum()
+        if softmax:
+            from brats_pipeline.metrics import voxel_accuracy
+
+            accuracy = torch.tensor([voxel_accuracy(p, t) for p, t in zip(pred_classes, true_classes)],
+                                    dtype=torch.float64, device=weight.device)
+            self._val_sums[n + 2 : -1] += (dice[:, n:].double() * weight[:, None]).sum(0)
+            self._val_sums[-1] += (accuracy * weight).sum()
         if self._want_hd95():
             from brats_pipeline.metrics import brats_hd95
 
@@ -247,6 +294,13 @@ class BratsSegmentationModule(pl.LightningModule):
                 finite = torch.isfinite(hd)
                 self._hd_sums[:n] += torch.where(finite, hd, torch.zeros_like(hd))
                 self._hd_sums[n:] += finite.double()
+
+    def _class_masks(self, classes: torch.Tensor) -> torch.Tensor:
+        """Class indices (B, 1, ...) -> float masks (B, R + L, ...): the task's regions, then each foreground label."""
+        values = self.task.label_values
+        sets = [[values.index(v) for v in sorted(r.labels)] for r in self.task.regions]
+        sets += [[c] for c in range(1, len(values))]
+        return torch.cat([torch.isin(classes, torch.tensor(s, device=classes.device)) for s in sets], 1).float()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
@@ -267,6 +321,10 @@ class BratsSegmentationModule(pl.LightningModule):
         self.log(f"{prefix}/dice_mean", dice.mean().float(), prog_bar=True, sync_dist=False)
         self.log(f"{prefix}/loss", (sums[n] / count).float(), sync_dist=False)
         self.log(f"{prefix}/cases", sums[n + 1].float(), sync_dist=False)
+        if self.output_mode == "softmax":  # per label of the scheme (dice_label_NCR ...) and voxel accuracy
+            for i, key in enumerate(self.task.class_names[1:]):
+                self.log(f"{prefix}/dice_label_{key}", (sums[n + 2 + i] / count).float(), sync_dist=False)
+            self.log(f"{prefix}/accuracy", (sums[-1] / count).float(), sync_dist=False)
         if hd[n:].sum() > 0:
             for i, name in enumerate(self.region_names):
                 if hd[n + i] > 0:
@@ -274,8 +332,9 @@ class BratsSegmentationModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- predict
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        """Region probabilities (B, R, X, Y, Z) in the preprocessed grid."""
-        return torch.sigmoid(self.sliding_window(batch["image"]))
+        """Probabilities in the preprocessed grid: regions (B, R, X, Y, Z) (sigmoid) or classes (B, C, X, Y, Z) (softmax)."""
+        logits = self.sliding_window(batch["image"])
+        return torch.softmax(logits, 1) if self.output_mode == "softmax" else torch.sigmoid(logits)
 
     # -------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:
@@ -319,11 +378,11 @@ class BratsSegmentationModule(pl.LightningModule):
             cls = type(self.network)
             return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": None}
         for what, built, wanted in (("input", config["in_channels"], network_in),
-                                    ("output", config["out_channels"], len(self.region_names))):
+                                    ("output", config["out_channels"], self.task.output_channels(self.output_mode))):
             if built != wanted:
                 raise ValueError(f"network {config['name']!r} was built with {built} {what} channels, but task "
                                  f"{self.task.name} (in_channels={self.hparams.in_channels}, context="
-                                 f"{self.hparams.get('context', 0)}) needs {wanted}")
+                                 f"{self.hparams.get('context', 0)}, output_mode={self.output_mode}) needs {wanted}")
         kwargs = dict(config["kwargs"])
         if config["spatial_dims"] != default_spatial_dims(config["name"]):
             kwargs["spatial_dims"] = config["spatial_dims"]  # build_network's keyword, passed with the options

@@ -30,9 +30,10 @@ BUNDLE_SETTINGS = (
     ("inferer#roi_size", "roi_size"), ("inferer#sw_batch_size", "sw_batch_size"),
     ("inferer#overlap", "overlap"), ("inferer#mode", "blend_mode"),
     ("inferer#slice_axis", "slice_axis"), ("inferer#spatial_dim", "slice_axis"),
-    ("inferer#context", "context"),
+    ("inferer#context", "context"), ("modalities", "modalities"),
     ("preprocessing#spacing", "spacing"), ("preprocessing#orientation", "orientation"),
     ("preprocessing#crop_foreground", "crop_foreground"),
+    ("output_mode", "output_mode"),
 )
 
 
@@ -58,9 +59,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def checkpoint_settings(checkpoint: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Inference settings from a checkpoint's module and data-module hyper-parameters (defaults where absent).
 
-    ``task``, the inferer's ``roi_size``, ``sw_batch_size``, ``overlap``, ``blend_mode``,
+    ``task``, the ``modalities`` the network reads (``None``: all the task's, also for checkpoints
+    written before modality subsets), the inferer's ``roi_size``, ``sw_batch_size``, ``overlap``, ``blend_mode``,
     ``slice_axis`` and ``context``, and the preprocessing's ``spacing``, ``orientation`` and
-    ``crop_foreground``: the :class:`~brats_pipeline.inference.Predictor` arguments.
+    ``crop_foreground``: the :class:`~brats_pipeline.inference.Predictor` arguments; and the
+    ``output_mode`` (``sigmoid`` for checkpoints without one), checked against the channels of
+    the network the checkpoint records (``ValueError`` naming ``source`` if they do not fit).
     """
     hp = dict(checkpoint.get("hyper_parameters") or {})
     dm = dict(checkpoint.get("datamodule_hyper_parameters") or {})
@@ -70,6 +74,8 @@ def checkpoint_settings(checkpoint: Mapping[str, Any], source: str) -> dict[str,
         raise ValueError(f"{source}: {exc}") from exc
     return {
         "task": task.name,
+        "modalities": None if tuple(hp.get("modalities") or task.modality_names) == task.modality_names  # all: None
+        else tuple(hp["modalities"]),
         "roi_size": tuple(hp.get("roi_size", (128, 128, 128))),
         "sw_batch_size": int(hp.get("sw_batch_size", 4)),
         "overlap": float(hp.get("overlap", 0.5)),
@@ -79,7 +85,25 @@ def checkpoint_settings(checkpoint: Mapping[str, Any], source: str) -> dict[str,
         "spacing": None if dm.get("spacing") is None else tuple(dm["spacing"]),
         "orientation": dm.get("orientation", "RAS"),
         "crop_foreground": bool(dm.get("crop_foreground", True)),
+        "output_mode": _output_mode(checkpoint, task, source),
     }
+
+
+def _output_mode(checkpoint: Mapping[str, Any], task: Any, source: str) -> str:
+    """A checkpoint's ``output_mode`` (``sigmoid`` when absent), checked against its network's output channels."""
+    from brats_pipeline.constants import check_output_mode
+
+    mode = (checkpoint.get("hyper_parameters") or {}).get("output_mode") or "sigmoid"
+    try:
+        check_output_mode(mode)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from exc
+    out = (checkpoint.get("network") or {}).get("out_channels")
+    if out is not None and int(out) != task.output_channels(mode):
+        what = f"regions {task.region_names}" if mode == "sigmoid" else f"classes {task.class_names}"
+        raise ValueError(f"{source}: its network outputs {out} channels, but output_mode {mode!r} of task {task.name} "
+                         f"needs {task.output_channels(mode)} ({what})")
+    return mode
 
 
 def network_from_checkpoint(checkpoint: Mapping[str, Any], source: str) -> nn.Module:
@@ -111,7 +135,8 @@ def network_from_checkpoint(checkpoint: Mapping[str, Any], source: str) -> nn.Mo
                              "rebuild it and use Predictor(network, ...) or Predictor.from_state_dict")
         task = get_task(hp.get("task", "brats2021"))
         in_channels = int(hp.get("in_channels") or len(task.modalities)) * (2 * int(hp.get("context") or 0) + 1)
-        config = {"name": name, "in_channels": in_channels, "out_channels": len(task.regions), "spatial_dims": None,
+        out_channels = task.output_channels(hp.get("output_mode") or "sigmoid")
+        config = {"name": name, "in_channels": in_channels, "out_channels": out_channels, "spatial_dims": None,
                   "kwargs": dict(hp.get("network_kwargs") or {})}
     elif not config.get("name"):
         raise ValueError(

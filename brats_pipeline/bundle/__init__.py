@@ -7,7 +7,8 @@ package with ``"_target_": "brats_pipeline.bundle.<name>"`` (the names below):
   ``validate#dataset``; MONAI Label fills ``...#data``), :func:`split_datamodule`, device
   mapping for the Lightning ``Trainer``, :class:`SaveBestNetwork` (``models/model.pt``);
 * :mod:`~brats_pipeline.bundle.inference` — ``inference.json``/``evaluate.json``:
-  :func:`inference_preprocessing`, :class:`RegionsToLabelsd`, strict :func:`load_network`,
+  :func:`inference_preprocessing`, :class:`RegionsToLabelsd` (softmax bundles:
+  :class:`~brats_pipeline.inference.postprocess.ClassesToLabelsd`), strict :func:`load_network`,
   :func:`inference_cases`, :class:`LabelWriter`, :class:`CaseScorer`, :class:`BundleRunner`;
 * :mod:`~brats_pipeline.bundle.specs` — what differs between the four bundles, one
   :class:`BundleSpec` each (:data:`BUNDLES`; the LGG one is the LGG CPU recipe, 2.5D);
@@ -57,10 +58,11 @@ from brats_pipeline.bundle.training import (
     split_datamodule,
 )
 from brats_pipeline.callbacks import SlurmRequeue, TrainingCurves
+from brats_pipeline.inference.postprocess import ClassesToLabelsd
 from brats_pipeline.weights import network_state_dict, save_state_dict
 
 __all__ = [
-    "BUNDLES", "CONFIG_FILES", "MODEL_FILE", "SCHEMA_URL", "BundleRunner", "BundleSpec", "CaseOutcome",
+    "BUNDLES", "CONFIG_FILES", "MODEL_FILE", "SCHEMA_URL", "BundleRunner", "BundleSpec", "CaseOutcome", "ClassesToLabelsd",
     "CaseScorer", "CaseSplit", "Check", "CheckChannelsd", "LabelWriter", "RegionsToLabelsd",
     "SaveBestNetwork", "SlurmRequeue", "SourceFilesd", "TrainingCurves", "accelerator_of", "as_device", "bundle_parser",
     "case_id_of", "case_modality_files", "check_bundle", "config_property_problems", "ddp_devices",

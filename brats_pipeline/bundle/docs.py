@@ -108,7 +108,7 @@ def readme(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) -> s
     """``docs/README.md``: model, data, channels, labels, recipe, measured metrics, copy-paste commands."""
     from brats_pipeline.networks import build_network, count_parameters, get_network_spec
 
-    task = spec.task_obj
+    task = spec.input_task  # the modalities the network reads (a subset of the task's, or all); labels, regions: the task's
     net = spec.network_def()
     params = count_parameters(build_network(spec.network, net["in_channels"], net["out_channels"], spec.spatial_dims,
                                             **dict(spec.network_kwargs)))
@@ -116,6 +116,24 @@ def readme(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) -> s
     channels = "\n".join(f"| {i} | {m.name} | {m.contrast} | {', '.join(m.suffixes)} |" for i, m in enumerate(task.modalities))
     labels = "\n".join(f"| {k} | {v} |" for k, v in sorted(task.labels.items()))
     regions = "\n".join(f"| {i} | {r.name} | {sorted(r.labels)} | {r.description} |" for i, r in enumerate(task.regions))
+    kind, outputs = "logits, one sigmoid per region", f"""Output: one channel per region; postprocessing turns regions back into the labels above
+(largest region first, each painted with the label it owns):
+
+| channel | region | labels | meaning |
+| --- | --- | --- | --- |
+{regions}"""
+    if spec.output_mode == "softmax":
+        classes = "\n".join(f"| {i} | {name} | {value} |" for i, (name, value) in enumerate(zip(task.class_names, task.label_values)))
+        kind, outputs = "logits, softmax over the classes", f"""Output: one channel per class of the label scheme (softmax); postprocessing takes each voxel's
+most likely class and writes its label value (the regions below are scored from that label map):
+
+| channel | class | label |
+| --- | --- | --- |
+{classes}
+
+| region | labels | meaning |
+| --- | --- | --- |
+""" + "\n".join(f"| {r.name} | {sorted(r.labels)} | {r.description} |" for r in task.regions)
     if eval_metrics:
         metrics = "\n".join(["| metric | value |", "| --- | --- |",
                               *(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
@@ -143,7 +161,7 @@ evaluates, and MONAI Label serves it.
 ## Model
 - `{spec.network}` ({kwargs}) from `brats_pipeline.networks`: {get_network_spec(spec.network).description}.
 - Paper: {spec.paper}.
-- {params:,} parameters; {net["in_channels"]} input channels, {net["out_channels"]} output channel(s) (logits, one sigmoid per region).
+- {params:,} parameters; {net["in_channels"]} input channels, {net["out_channels"]} output channel(s) ({kind}).
 
 ## Data
 {spec.data_source}.
@@ -162,12 +180,7 @@ Labels ({task.name}; 0 is background):
 | --- | --- |
 {labels}
 
-Output: one channel per region; postprocessing turns regions back into the labels above
-(largest region first, each painted with the label it owns):
-
-| channel | region | labels | meaning |
-| --- | --- | --- | --- |
-{regions}
+{outputs}
 
 ## Training recipe
 {_recipe(spec)}

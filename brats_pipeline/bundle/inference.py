@@ -52,8 +52,12 @@ def inference_preprocessing(
     spacing: Sequence[float] | None = None,
     orientation: str | None = "RAS",
     crop_foreground: bool = True,
+    modalities: Sequence[str] | None = None,
 ) -> Any:
     """The training's deterministic transforms for ``image`` only, with input checks around the loader.
+
+    ``modalities``: a modality subset the network reads (:mod:`brats_pipeline.data.modalities`): only
+    those files are loaded, or those channels of a 4D image of every modality of the task.
 
     Their header checks name the file for a missing, 2D/4D or corrupt file and modalities on different
     grids (:mod:`brats_pipeline.data.input_files`); :class:`CheckChannelsd` after loading fails a case,
@@ -69,11 +73,14 @@ def inference_preprocessing(
     from monai.transforms import Compose, LoadImaged
 
     from brats_pipeline.data.input_files import CheckFinited, CheckHeadersd
+    from brats_pipeline.data.modalities import SelectModalitiesd, select_modalities
     from brats_pipeline.data.transforms import deterministic_transforms
 
+    task = select_modalities(get_task(task), modalities)
     steps = list(deterministic_transforms(task, with_label=False, spacing=spacing, orientation=orientation,
                                           crop_foreground=crop_foreground).transforms)
-    after_load = next(i for i, t in enumerate(steps) if isinstance(t, LoadImaged)) + 1
+    # the channel checks see the channels the network reads (after a subset's selection)
+    after_load = max(i for i, t in enumerate(steps) if isinstance(t, (LoadImaged, SelectModalitiesd))) + 1
     steps = [*steps[:after_load], CheckChannelsd("image", task), *steps[after_load:]]
     checks = (CheckHeadersd, CheckFinited, CheckChannelsd)
     return Compose([ReportInputErrors(t) if isinstance(t, checks) else t for t in steps])
@@ -131,6 +138,7 @@ def inference_cases(
     task: str | Task = "brats2021",
     labelled: bool = False,
     fold: int | None = None,
+    modalities: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Cases to predict: ``{"case_id", "image"[, "label"]}``.
 
@@ -147,6 +155,9 @@ def inference_cases(
         task: the bundle's task (checked against a datalist's, used for discovery).
         labelled: only cases with a ``label`` (evaluation); an error if there are none.
         fold: only the labelled cases of this fold (needs a datalist with folds).
+        modalities: a modality subset the network reads: a case lists only those files (the others
+            need not exist; case folders are searched for those only), and a case lacking one of
+            them keeps a ``problem`` naming the case and the modality.
 
     Raises:
         FileNotFoundError: the datalist or the folder does not exist.
@@ -154,9 +165,11 @@ def inference_cases(
     """
     from brats_pipeline.data.datalist import load_datalist
     from brats_pipeline.data.discovery import discover_cases
+    from brats_pipeline.data.modalities import datalist_modalities, select_cases, select_modalities
     from preprocessing.io import NIFTI_SUFFIXES, strip_nifti_suffix
 
-    task = get_task(task)
+    task = select_modalities(get_task(task), modalities)
+    listed = None
     if not datalist and dataset_dir and (Path(dataset_dir) / "datalist.json").is_file():
         datalist = Path(dataset_dir) / "datalist.json"
     if datalist:
@@ -167,7 +180,7 @@ def inference_cases(
         if fold is not None:
             training = [e for e in training if e.get("fold") == fold]
         cases = training + ([] if (labelled or fold is not None) else loaded.get("testing", []))
-        where = str(datalist)
+        where, listed = str(datalist), datalist_modalities(loaded)
     else:
         if not dataset_dir or not Path(dataset_dir).is_dir():
             raise FileNotFoundError(f"input folder {dataset_dir!r} not found; pass --dataset_dir DIR or --datalist FILE")
@@ -185,7 +198,7 @@ def inference_cases(
         cases += [{"case_id": c.case_id, "image": c.image, **({"label": c.label} if c.label else {}),
                    **({"problem": f"{c.problem_file}: {c.problem}"} if c.problem else {})} for c in found]
         where = str(root)
-    cases = [dict(c) for c in cases if c.get("label") or not labelled]
+    cases = select_cases([c for c in cases if c.get("label") or not labelled], task, listed)
     check_case_ids(((case_id_of(c), f"the case of {image_files(c)[0]}") for c in cases if not c.get("problem")), where)
     if not cases:
         raise ValueError(f"{where}: no {'labelled ' if labelled else ''}cases found"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brats_pipeline.constants import Task, get_task
+from brats_pipeline.constants import Task, check_output_mode, get_task
 
 _BRATS_SOURCE = ("BraTS 2020/2021 training data (https://www.synapse.org/brats), or any data prepared with "
                  "brats-preprocess: co-registered, skull-stripped, 1 mm isotropic; brats-synth writes synthetic cases")
@@ -79,6 +79,13 @@ class BundleSpec:
         data_source: where the training data comes from.
         scriptable: ``torch.jit.script`` works (else TorchScript export traces).
         version: bundle version; changelog: version -> what changed (newest first).
+        output_mode: ``sigmoid`` (one output channel per region) or ``softmax`` (one per class of
+            the task's label scheme; ``inference.json`` then takes the softmax, its argmax and the
+            label values, and ``metadata.json`` describes class channels).
+        modalities: the modalities the network reads, a subset of the task's (names or aliases,
+            channels in the task's order: :mod:`brats_pipeline.data.modalities`); ``None``: all.
+            ``inference.json`` then loads only those (files, or channels of a 4D image of all) and
+            ``metadata.json`` describes that many input channels.
     """
 
     name: str
@@ -125,21 +132,38 @@ class BundleSpec:
         ("0.1.1", _METADATA_CHANGE),
         ("0.1.0", "first version: Lightning training through monai.bundle run, inference/evaluation, MONAI Label"),
     )
+    modalities: tuple[str, ...] | None = None
+    output_mode: str = "sigmoid"
+
+    def __post_init__(self) -> None:
+        check_output_mode(self.output_mode)
+        if self.modalities is not None:  # canonical: the task's names in its channel order (errors name the bundle)
+            from brats_pipeline.data.modalities import resolve_modalities
+
+            names = resolve_modalities(self.task, self.modalities, f"bundle {self.name}: modalities")
+            object.__setattr__(self, "modalities", None if names == get_task(self.task).modality_names else names)
 
     @property
     def task_obj(self) -> Task:
         return get_task(self.task)
 
+    @property
+    def input_task(self) -> Task:
+        """The task as the network reads it: :attr:`task_obj`, or its modality subset (:attr:`modalities`)."""
+        from brats_pipeline.data.modalities import select_modalities
+
+        return select_modalities(self.task_obj, self.modalities)
+
     def network_def(self) -> dict[str, Any]:
         """``network_def``: the one definition of the network, the same in ``train.json`` and ``inference.json``."""
         return {"_target_": "brats_pipeline.networks.build_network", "name": self.network,
-                "in_channels": self.in_channels, "out_channels": len(self.task_obj.regions),
+                "in_channels": self.in_channels, "out_channels": self.task_obj.output_channels(self.output_mode),
                 "spatial_dims": self.spatial_dims, **dict(self.network_kwargs)}
 
     @property
     def in_channels(self) -> int:
-        """The network's input channels: the task's modalities, times ``2 * context + 1`` slices for 2.5D."""
-        return len(self.task_obj.modalities) * (2 * self.context + 1)
+        """The network's input channels: the modalities read, times ``2 * context + 1`` slices for 2.5D."""
+        return len(self.input_task.modalities) * (2 * self.context + 1)
 
 
 #: The LGG CPU recipe (``brats-train`` config); the LGG bundle is built from it.

@@ -57,9 +57,44 @@ def _geometry_ids(spec: BundleSpec) -> dict[str, Any]:
     return ids
 
 
-def _case_split(part: str) -> dict[str, Any]:
+def _modality_ids(spec: BundleSpec) -> dict[str, Any]:
+    """The top-level ``modalities`` id of a bundle reading a modality subset (none for all the task's)."""
+    return {"modalities": list(spec.modalities)} if spec.modalities else {}
+
+
+def _reads_modalities(spec: BundleSpec) -> dict[str, Any]:
+    """``"modalities": "@modalities"`` for the parts that load or train on a modality subset."""
+    return {"modalities": "@modalities"} if spec.modalities else {}
+
+
+def _output_mode_ids(spec: BundleSpec) -> dict[str, Any]:
+    """The top-level ``output_mode`` id of a softmax bundle (none for sigmoid, the default)."""
+    return {"output_mode": spec.output_mode} if spec.output_mode != "sigmoid" else {}
+
+
+def _uses_output_mode(spec: BundleSpec) -> dict[str, Any]:
+    """``"output_mode": "@output_mode"`` for the module of a softmax bundle."""
+    return {"output_mode": "@output_mode"} if spec.output_mode != "sigmoid" else {}
+
+
+def _postprocessing(spec: BundleSpec) -> list[dict[str, Any]]:
+    """Network output -> the task's labels on the input's grid: sigmoid, threshold, regions -> labels; or
+    softmax, argmax, classes -> label values (probabilities are inverted to the input's grid first)."""
+    invert = {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+              "nearest_interp": False, "to_tensor": True}
+    if spec.output_mode == "softmax":
+        return [{"_target_": "Activationsd", "keys": "pred", "softmax": True}, invert,
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                {"_target_": "brats_pipeline.bundle.ClassesToLabelsd", "keys": "pred", "task": "@task"}]
+    return [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}, invert,
+            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+            {"_target_": "brats_pipeline.bundle.RegionsToLabelsd", "keys": "pred", "task": "@task"}]
+
+
+def _case_split(spec: BundleSpec, part: str) -> dict[str, Any]:
     return {"_target_": "brats_pipeline.bundle.CaseSplit", "dataset_dir": "@dataset_dir", "datalist": "@datalist",
-            "task": "@task", "fold": "@fold", "part": part, "output_dir": "@output_dir", "data": None}
+            "task": "@task", **_reads_modalities(spec), "fold": "@fold", "part": part, "output_dir": "@output_dir",
+            "data": None}
 
 
 def _trainer(spec: BundleSpec) -> dict[str, Any]:
@@ -88,6 +123,8 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
         "dataset_dir": spec.dataset_dir,
         "datalist": "$@dataset_dir + '/datalist.json'",
         "task": spec.task,
+        **_modality_ids(spec),
+        **_output_mode_ids(spec),
         "fold": 0,
         "epochs": spec.epochs,
         **({} if spec.max_steps is None else {"max_steps": spec.max_steps}),
@@ -98,7 +135,7 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
         **_geometry_ids(spec),
         "network_def": spec.network_def(),
         "train": {
-            "dataset": _case_split("train"),
+            "dataset": _case_split(spec, "train"),
             "handlers": [],
             "inferer": _inferer(spec),
             "datamodule": {
@@ -107,11 +144,11 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
                 "patch_size": "@roi_size", "batch_size": spec.batch_size, "samples_per_volume": spec.samples_per_volume,
                 "num_workers": spec.num_workers, "cache": "memory", "orientation": spec.orientation,
                 "augmentation": dict(spec.augmentation) or None, "augmentation_device": "auto",
-                **dict(spec.datamodule_options),
+                **dict(spec.datamodule_options), **_reads_modalities(spec),
             },
             "module": {
                 "_target_": "brats_pipeline.module.BratsSegmentationModule", "network": "@network_def", "task": "@task",
-                "loss": spec.loss,
+                **_reads_modalities(spec), **_uses_output_mode(spec), "loss": spec.loss,
                 # callables (MONAI's "_mode_": "callable" -> functools.partial), as LightningCLI's --model.optimizer
                 "optimizer": {"_target_": spec.optimizer, "_mode_": "callable", **dict(spec.optimizer_options)},
                 "lr_scheduler": {"_target_": spec.lr_scheduler, "_mode_": "callable", **dict(spec.schedule)},
@@ -141,7 +178,7 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
             ],
             "trainer": _trainer(spec),
         },
-        "validate": {"dataset": _case_split("validate"), "inferer": "@train#inferer"},
+        "validate": {"dataset": _case_split(spec, "validate"), "inferer": "@train#inferer"},
         "initialize": [{"_target_": "pytorch_lightning.seed_everything", "seed": spec.seed, "workers": True}],
         "run": ["$@train#trainer.fit(@train#module, datamodule=@train#datamodule, ckpt_path=@resume_from)"],
     }
@@ -161,6 +198,8 @@ def inference_config(spec: BundleSpec) -> dict[str, Any]:
         "dataset_dir": spec.dataset_dir,
         "datalist": None,
         "task": spec.task,
+        **_modality_ids(spec),
+        **_output_mode_ids(spec),
         "device": DEVICE_EXPR,
         "amp": True,
         "overwrite": False,
@@ -169,23 +208,17 @@ def inference_config(spec: BundleSpec) -> dict[str, Any]:
         "network": {"_target_": "brats_pipeline.bundle.load_network", "network": "@network_def",
                     "path": "$@bundle_root + '/models/model.pt'", "device": "@device"},
         "preprocessing": {"_target_": "brats_pipeline.bundle.inference_preprocessing", "task": "@task",
-                          "orientation": spec.orientation},
+                          **_reads_modalities(spec), "orientation": spec.orientation},
         "dataset": {
             "_target_": "Dataset",
             "data": {"_target_": "brats_pipeline.bundle.inference_cases", "dataset_dir": "@dataset_dir",
-                     "datalist": "@datalist", "task": "@task"},
+                     "datalist": "@datalist", "task": "@task", **_reads_modalities(spec)},
             "transform": "@preprocessing",
         },
         "inferer": _inferer(spec),
         "postprocessing": {
             "_target_": "Compose",
-            "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-                {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-                 "nearest_interp": False, "to_tensor": True},
-                {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
-                {"_target_": "brats_pipeline.bundle.RegionsToLabelsd", "keys": "pred", "task": "@task"},
-            ],
+            "transforms": _postprocessing(spec),
         },
         "writer": {"_target_": "brats_pipeline.bundle.LabelWriter", "output_dir": "@output_dir", "postfix": "seg"},
         "scorer": None,
@@ -203,7 +236,8 @@ def evaluate_config(spec: BundleSpec) -> dict[str, Any]:
     return {
         "fold": None,
         "dataset#data": {"_target_": "brats_pipeline.bundle.inference_cases", "dataset_dir": "@dataset_dir",
-                         "datalist": "@datalist", "task": "@task", "labelled": True, "fold": "@fold"},
+                         "datalist": "@datalist", "task": "@task", **_reads_modalities(spec), "labelled": True,
+                         "fold": "@fold"},
         "scorer": {"_target_": "brats_pipeline.bundle.CaseScorer", "task": "@task", "output_dir": "@output_dir"},
     }
 
@@ -212,33 +246,35 @@ def metadata(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) ->
     """``configs/metadata.json`` following the MONAI bundle schema.
 
     ``outputs.pred`` describes the network output (one sigmoid channel per region, listed in
-    ``regions``); its ``channel_def`` maps the **label values** of the post-processed label map
+    ``regions``; softmax bundles: ``format`` ``labels``, one channel per class, listed in ``classes``
+    with its label value); its ``channel_def`` maps the **label values** of the post-processed label map
     to names, because that is the list MONAI Label shows and returns as ``label_names``.
     """
-    task = spec.task_obj
+    task, read = spec.task_obj, spec.input_task  # read: the modalities the network reads (a subset, or all)
     modality_names = {"t1c": "T1c (T1 post-contrast)", "t1": "T1 (native)", "t2": "T2", "flair": "FLAIR"}
     labels = {"0": "background", **{str(k): v for k, v in sorted(task.labels.items())}}
     inputs = _network_inputs(spec)
     if spec.spatial_dims == 3:
         shape = ["32*n", "32*n", "32*n"]
-        description = (f"{spec.title}. Input: {len(task.modalities)} co-registered MRI sequences "
-                       f"({', '.join(task.modality_names)}); ")
+        description = (f"{spec.title}. Input: {len(read.modalities)} co-registered MRI sequences "
+                       f"({', '.join(read.modality_names)}); ")
         image_classes = ", ".join(f"channel {i}: {modality_names.get(m.contrast, m.name)}"
-                                  for i, m in enumerate(task.modalities))
+                                  for i, m in enumerate(read.modalities))
     else:
         # sides: multiples of 2 ** (levels + 1) (x the downsampling): at least 2 x 2 at the bottleneck (instance norm)
         kwargs = dict(spec.network_kwargs)
         shape = [f"{2 ** (len(kwargs.get('strides', [2] * 4)) + 1) * int(kwargs.get('downsample', 1))}*n"] * 2
         axis = "xyz"[spec.slice_axis]
-        description = (f"{spec.title}. Input: a volume of {len(task.modalities)} co-registered MRI sequences "
-                       f"({', '.join(task.modality_names)}); the 2D network ({spec.network}) segments it slice by "
+        description = (f"{spec.title}. Input: a volume of {len(read.modalities)} co-registered MRI sequences "
+                       f"({', '.join(read.modality_names)}); the 2D network ({spec.network}) segments it slice by "
                        f"slice across axis {spec.slice_axis} ({axis}), each slice with {spec.context} neighbour(s) on "
                        f"each side stacked as channels: {spec.in_channels} input channels = "
-                       f"{', '.join(task.modality_names)} at slices "
+                       f"{', '.join(read.modality_names)} at slices "
                        f"{', '.join(_slice_name(axis, j) for j in range(-spec.context, spec.context + 1))} "
                        f"(channel c * {2 * spec.context + 1} + j: modality c at slice {axis} - {spec.context} + j; "
                        "edge slices repeated); ")
         image_classes = ", ".join(f"channel {i}: {name}" for i, name in inputs.items())
+    out = _outputs(spec, labels, shape)
     return {
         "schema": SCHEMA_URL,
         "version": spec.version,
@@ -249,15 +285,14 @@ def metadata(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) ->
         "required_packages_version": dict(REQUIRED_PACKAGES),
         "name": spec.title,
         "task": spec.title,
-        "description": (f"{description}output: {len(task.regions)} region channel(s) "
-                        f"({', '.join(task.region_names)}), turned into the {task.name} labels {list(task.label_values)}."),
+        "description": description + out["description"],
         "authors": "brats-pipeline contributors",
         "copyright": "Copyright (c) brats-pipeline contributors",
         "data_source": spec.data_source,
         "data_type": "nibabel",
         "image_classes": image_classes,
         "label_classes": ", ".join(f"{k}: {v}" for k, v in labels.items()),
-        "pred_classes": ", ".join(f"channel {i}: {r.name} = labels {sorted(r.labels)}" for i, r in enumerate(task.regions)),
+        "pred_classes": out["pred_classes"],
         "eval_metrics": dict(eval_metrics or {}),
         # what the *_dice_* / *_hd95_* entries of eval_metrics mean (validation and brats-evaluate share them)
         "metric_definitions": dict(METRIC_DEFINITIONS),
@@ -269,11 +304,34 @@ def metadata(spec: BundleSpec, eval_metrics: Mapping[str, Any] | None = None) ->
                 "spatial_shape": shape, "dtype": "float32", "value_range": [], "is_patch_data": True,
                 "channel_def": inputs,
             }},
-            "outputs": {"pred": {
-                "type": "image", "format": "segmentation", "num_channels": len(task.regions), "spatial_shape": shape,
-                "dtype": "float32", "value_range": [0, 1], "is_patch_data": True, "channel_def": labels,
-                "regions": {str(i): {"name": r.name, "labels": sorted(r.labels)} for i, r in enumerate(task.regions)},
-            }},
+            "outputs": {"pred": out["pred"]},
+        },
+    }
+
+
+def _outputs(spec: BundleSpec, labels: Mapping[str, str], shape: list[str]) -> dict[str, Any]:
+    """The network output in ``metadata.json``: ``description`` (its end), ``pred_classes`` and ``pred``
+    (``network_data_format.outputs``): region channels (sigmoid) or one channel per class (softmax)."""
+    task = spec.task_obj
+    if spec.output_mode == "softmax":
+        return {
+            "description": (f"output: {task.n_classes} class channels ({', '.join(task.class_names)}; softmax), whose "
+                            f"argmax gives the {task.name} labels {list(task.label_values)}."),
+            "pred_classes": ", ".join(f"channel {i}: {name} = label {value}"
+                                      for i, (name, value) in enumerate(zip(task.class_names, task.label_values))),
+            "pred": {"type": "image", "format": "labels", "num_channels": task.n_classes, "spatial_shape": shape,
+                     "dtype": "float32", "value_range": [0, 1], "is_patch_data": True, "channel_def": dict(labels),
+                     "classes": {str(i): {"name": name, "label": value}
+                                 for i, (name, value) in enumerate(zip(task.class_names, task.label_values))}},
+        }
+    return {
+        "description": (f"output: {len(task.regions)} region channel(s) "
+                        f"({', '.join(task.region_names)}), turned into the {task.name} labels {list(task.label_values)}."),
+        "pred_classes": ", ".join(f"channel {i}: {r.name} = labels {sorted(r.labels)}" for i, r in enumerate(task.regions)),
+        "pred": {
+            "type": "image", "format": "segmentation", "num_channels": len(task.regions), "spatial_shape": shape,
+            "dtype": "float32", "value_range": [0, 1], "is_patch_data": True, "channel_def": dict(labels),
+            "regions": {str(i): {"name": r.name, "labels": sorted(r.labels)} for i, r in enumerate(task.regions)},
         },
     }
 
@@ -284,7 +342,7 @@ def _slice_name(axis: str, offset: int) -> str:
 
 def _network_inputs(spec: BundleSpec) -> dict[str, str]:
     """The network's input channels by index: modality names (3D), ``"<modality> <slice>"`` for 2.5D."""
-    names = spec.task_obj.modality_names
+    names = spec.input_task.modality_names
     if spec.spatial_dims == 3 or not spec.context:
         return {str(i): m for i, m in enumerate(names)}
     axis, k = "xyz"[spec.slice_axis], spec.context

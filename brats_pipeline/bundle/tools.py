@@ -80,7 +80,7 @@ def export_checkpoint(
 
     Raises:
         FileNotFoundError: no checkpoint or no bundle.
-        ValueError: not a Lightning checkpoint, other task, or weights that do not fit.
+        ValueError: not a Lightning checkpoint, other task or output mode, or weights that do not fit.
     """
 
     from preprocessing.io import write_json
@@ -92,6 +92,10 @@ def export_checkpoint(
     ckpt_task = (ckpt.get("hyper_parameters") or {}).get("task")
     if ckpt_task and get_task(ckpt_task).name != task.name:
         raise ValueError(f"{checkpoint}: trained for task {ckpt_task!r}, the bundle {bundle_dir.name} is for {task.name!r}")
+    ckpt_mode = (ckpt.get("hyper_parameters") or {}).get("output_mode") or "sigmoid"
+    if ckpt_mode != parser.get("output_mode", "sigmoid"):
+        raise ValueError(f"{checkpoint}: trained with output_mode {ckpt_mode!r}, the bundle {bundle_dir.name} is "
+                         f"{parser.get('output_mode', 'sigmoid')!r} (BundleSpec output_mode)")
     network = parser.get_parsed_content("network_def")
     state = network_state_dict(ckpt)
     try:

@@ -119,6 +119,8 @@ class CaseSplit:
         part: ``train`` (the other folds) or ``validate`` (this fold).
         output_dir: where a discovered datalist is recorded.
         data: explicit cases (overrides everything else).
+        modalities: a modality subset the network reads (:mod:`brats_pipeline.data.modalities`): a
+            dataset folder is searched for those files only (cases without the others are used).
     """
 
     def __init__(
@@ -130,10 +132,13 @@ class CaseSplit:
         part: str = "train",
         output_dir: str | None = None,
         data: Sequence[Mapping[str, Any]] | None = None,
+        modalities: Sequence[str] | None = None,
     ) -> None:
+        from brats_pipeline.data.modalities import select_modalities
+
         if part not in SPLIT_PARTS:
             raise ValueError(f"unknown part {part!r}; choose one of {SPLIT_PARTS}")
-        self.dataset_dir, self.datalist, self.task = dataset_dir, datalist, get_task(task)
+        self.dataset_dir, self.datalist, self.task = dataset_dir, datalist, select_modalities(get_task(task), modalities)
         self.fold, self.part, self.output_dir = int(fold), part, output_dir
         self.data = None if data is None else [dict(d) for d in data]
 

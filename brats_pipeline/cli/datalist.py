@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", type=int, default=2, help="threads reading files (default 2)")
     parser.add_argument("--relative", action="store_true", help="write paths relative to the datalist's folder")
+    parser.add_argument("--modalities", nargs="+", metavar="NAME",
+                        help="only these of the task's modalities (e.g. t2 t1c flair): cases need only these files, "
+                             "and training on the datalist reads only them (default: all the task's)")
     overlap = parser.add_argument_group(
         "external cohort", "leave out every case that is also in a training cohort (e.g. the BraTS 2020 cases inside "
         "BraTS 2021): by the official name-mapping CSV when given, otherwise by image content")
@@ -57,8 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from brats_pipeline.data.datalist import DatasetError, build_datalist, write_datalist
 
     try:
+        from brats_pipeline.data.modalities import select_modalities
+
+        task = select_modalities(args.task, args.modalities, "--modalities")
         datalist = build_datalist(
-            args.root, args.task, folds=args.folds, seed=args.seed, strict=args.strict,
+            args.root, task, folds=args.folds, seed=args.seed, strict=args.strict,
             check=args.check, workers=args.workers, progress=sys.stderr.isatty(),
         )
         overlap = None

@@ -6,7 +6,8 @@ Examples::
     brats-evaluate --pred preds --truth brats21.json --task brats2021 -o eval --report --workers 4
     brats-evaluate --pred cv_preds --truth brats20.json --external-pred preds21 --external-truth brats21_external.json -o eval
 
-Writes ``OUT/metrics.csv``, ``OUT/summary.json``, ``OUT/summary.md`` and, with ``--report``,
+Writes ``OUT/metrics.csv`` (per region), ``OUT/label_metrics.csv`` (per label of the scheme, e.g.
+NCR, ED, ET, and voxel accuracy; :mod:`brats_pipeline.evaluation`), ``OUT/summary.json``, ``OUT/summary.md`` and, with ``--report``,
 ``OUT/report.html`` + ``OUT/figures/`` (summary, best/median/worst case per region, box plot,
 per-case figures; :mod:`brats_pipeline.reports`). Exit status 0 when every truth case had a prediction
 and was evaluated, 1 otherwise (the rest are still evaluated), 2 for bad arguments.
@@ -149,16 +150,17 @@ def _evaluate(pred: str, entries: Sequence[dict[str, Any]], task: Any, args: arg
 def _write(result: Any, entries: Sequence[dict[str, Any]], out: str | Path, args: argparse.Namespace,
            title: str | None) -> tuple[dict[str, Path], Path | None]:
     """``metrics.csv``, ``summary.json``, ``summary.md`` and (``--report``) ``report.html`` of one evaluation."""
-    from brats_pipeline.evaluation import summary_markdown, write_evaluation
+    from brats_pipeline.evaluation import label_summary_markdown, summary_markdown, write_evaluation
 
     paths = write_evaluation(result, out)
     print(summary_markdown(result.summary(), title or f"{result.task.name}: {len(result.per_case)} case(s)"))
+    print(label_summary_markdown(result))
     report = None
     if args.report and result.per_case:
         report = make_report(result, entries, out, args.max_figures, not args.no_surfaces, args.training_curves,
                              title or args.title, embed=args.embed_images)
         print(f"report: {report}")
-    print(f"metrics: {paths['csv']}  summary: {paths['json']}, {paths['markdown']}")
+    print(f"metrics: {paths['csv']} (per label: {paths['labels_csv']})  summary: {paths['json']}, {paths['markdown']}")
     for cid in result.missing:
         print(f"  MISSING prediction for {cid}", file=sys.stderr)
     for cid, why in result.failed.items():

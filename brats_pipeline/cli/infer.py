@@ -15,7 +15,9 @@ already done), 1 when any case failed (the others are still written), 2 for bad 
 among them a case id that is not a safe file name or appears twice
 (:mod:`preprocessing.identity`), an output folder that cannot be written and a ``--task``
 other than the one the checkpoint or bundle was trained for. A modality file that cannot be
-used (truncated, NaN, constant: an empty scan) fails its case.
+used (truncated, NaN, constant: an empty scan) fails its case. A model trained on a modality
+subset (``data.modalities``) reads only those modalities' files: the others need not exist, and a
+case lacking a used one fails naming the case and the modality.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network-kwargs", default="{}", help="JSON options of --network, e.g. '{\"features\": [8,16,32,64,128,16]}'")
     p.add_argument("--task", help="task (needed for a dataset folder or --weights; default: the model's, "
                    "and with --checkpoint/--bundle it must be the model's)")
+    p.add_argument("--modalities", nargs="+", metavar="NAME", help="--weights: the modalities the network reads, a subset "
+                   "of the task's (e.g. t2 t1c flair; default all); checkpoints and bundles record their own")
     p.add_argument("--split", choices=SPLITS, default="all", help="datalist entries to predict (default all)")
     p.add_argument("--fold", type=int, help="only training entries of this fold (e.g. a validation fold)")
     p.add_argument("--tta", action="store_true", help="test-time mirroring on all three axes (8 passes per model)")
@@ -160,6 +164,8 @@ def build_predictor(args: argparse.Namespace) -> Any:
         if value is not None:
             overrides[name] = tuple(value) if name == "roi_size" else value
     device = None if args.device == "auto" else args.device
+    if args.modalities and not args.weights:
+        raise ValueError("--modalities is for --weights: a checkpoint or bundle records the modalities it reads")
     if args.checkpoint:  # the task is the model's (an ensemble's members agree on it); --task must not contradict it
         predictor = Predictor.from_checkpoint(args.checkpoint, device=device, **overrides)
         check_task(args.task, predictor.task.name, f"checkpoint {args.checkpoint[0]}")
@@ -170,6 +176,8 @@ def build_predictor(args: argparse.Namespace) -> Any:
         return predictor
     if not args.task:
         raise ValueError("--weights needs --task")
+    if args.modalities:
+        overrides["modalities"] = args.modalities
     try:
         kwargs = json.loads(args.network_kwargs)
     except json.JSONDecodeError as exc:

@@ -2,7 +2,8 @@
 
 ``brats-train fit --config brats_pipeline/configs/tiny_cpu.yaml --data.datalist demo_data/datalist.json``
 (also ``validate``, ``test``, ``predict``; ``--print_config`` shows every option). The model's
-``task`` and ``in_channels`` follow the datalist; a best-Dice and a last checkpoint are always
+``task``, ``in_channels`` and ``modalities`` follow the datalist and ``data.modalities`` (a subset of
+the task's modalities, e.g. ``--data.modalities [t2,t1c,flair]``: :mod:`brats_pipeline.data.modalities`); a best-Dice and a last checkpoint are always
 kept (``--checkpoint.*`` configures the best one; ``last.ckpt`` is rewritten every epoch), early stopping is configurable (``--early_stopping.patience``), and a
 PNG of the loss/Dice curves is written beside the logs at the end of ``fit``. Under Slurm,
 ``SIGUSR1`` saves an HPC checkpoint on every rank at the same step and requeues the job
@@ -57,6 +58,7 @@ class BratsCLI(LightningCLI):
         parser.set_defaults({"early_stopping.monitor": "val/dice_mean", "early_stopping.mode": "max", "early_stopping.patience": 50})
         parser.link_arguments("data.task_name", "model.task", apply_on="instantiate")
         parser.link_arguments("data.in_channels", "model.in_channels", apply_on="instantiate")
+        parser.link_arguments("data.modality_names", "model.modalities", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         import torch

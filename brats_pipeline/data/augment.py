@@ -9,7 +9,9 @@ the CPU). :class:`BatchAugment` instead works on a whole batch with torch, 3D
   shift and the random elastic field of :mod:`~brats_pipeline.data.elastic` (amplitude or
   α/σ form, in voxels, the same as the per-sample CPU path's) — is composed into **one
   sampling grid**, and image and label are resampled in a single ``grid_sample`` each (image
-  bilinear; label region channels bilinear then thresholded at 0.5). A sample that drew only
+  bilinear; label region channels bilinear then thresholded at 0.5; class indices — the
+  softmax mode, ``classes`` — one-hot, bilinear, then the most likely class, so labels stay
+  exact classes, as nnU-Net's per-label interpolation of segmentations). A sample that drew only
   exact permutations (flips, transpose, rot90; with ``spatial_prob`` 0.5 about half of them)
   is its centre window permuted and copied — what the grid would sample, without the
   interpolation's cost;
@@ -94,10 +96,12 @@ class BatchAugment(torch.nn.Module):
         out_size: output spatial size ((x, y) or (x, y, z)); ``None`` keeps the input size.
         spacing: voxel size in mm, one value per spatial axis, so rotations are rigid in
             physical space; ``None``: isotropic.
+        classes: ``label`` holds class indices ``(B, 1, ...)`` in ``[0, classes)`` (softmax
+            mode) instead of region channels; ``None``: region channels.
 
     Call with ``image`` (B, C, X, Y) or (B, C, X, Y, Z) float and optionally ``label`` region
-    channels of the same spatial shape; returns ``(image, label)`` on the same device, label
-    binary float. 2D batches get in-plane rotation, and flips, scaling, shear and elastic
+    channels (or class indices, see ``classes``) of the same spatial shape; returns ``(image, label)``
+    on the same device, label binary float (class indices: exact classes, in ``label``'s dtype). 2D batches get in-plane rotation, and flips, scaling, shear and elastic
     deformation along both axes.
     """
 
@@ -106,8 +110,12 @@ class BatchAugment(torch.nn.Module):
         config: AugmentationConfig | Mapping[str, Any] | None = None,
         out_size: Sequence[int] | None = None,
         spacing: Sequence[float] | None = None,
+        classes: int | None = None,
     ) -> None:
         super().__init__()
+        if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 2):
+            raise ValueError(f"BatchAugment classes must be an int >= 2 (class-index labels) or None, got {classes!r}")
+        self.classes = classes
         self.config = AugmentationConfig.from_any(config)
         self.out_size = tuple(int(s) for s in out_size) if out_size is not None else None
         self.spacing = tuple(float(s) for s in spacing) if spacing is not None else None
@@ -228,6 +236,9 @@ class BatchAugment(torch.nn.Module):
             raise ValueError(f"BatchAugment expects image (B, C, X, Y) or (B, C, X, Y, Z), got shape {tuple(image.shape)}")
         if label is not None and (label.ndim != image.ndim or label.shape[0] != image.shape[0] or label.shape[2:] != image.shape[2:]):
             raise ValueError(f"label shape {tuple(label.shape)} does not match image shape {tuple(image.shape)}")
+        if label is not None and self.classes is not None and (label.shape[1] != 1 or int(label.max()) >= self.classes):
+            raise ValueError(f"BatchAugment(classes={self.classes}) expects class indices (B, 1, ...) in [0, {self.classes - 1}], "
+                             f"got shape {tuple(label.shape)} with values up to {int(label.max())}")
         in_size = tuple(image.shape[2:])
         out_size, spacing = self._check_sizes(in_size)
         batch, device = image.shape[0], image.device
@@ -249,9 +260,13 @@ class BatchAugment(torch.nn.Module):
             out.index_copy_(0, index, F.grid_sample(image.index_select(0, index), grid, mode="bilinear",
                                                     padding_mode="zeros", align_corners=True))
             if label is not None:
-                moved_label = F.grid_sample(label.index_select(0, index).to(image.dtype), grid, mode="bilinear",
+                moving = label.index_select(0, index)
+                if self.classes is not None:  # one-hot, bilinear, most likely class (padding: all 0 -> class 0)
+                    moving = F.one_hot(moving[:, 0].long(), self.classes).movedim(-1, 1)
+                moved_label = F.grid_sample(moving.to(image.dtype), grid, mode="bilinear",
                                             padding_mode="zeros", align_corners=True)
-                out_label.index_copy_(0, index, (moved_label > 0.5).to(label.dtype))
+                moved_label = moved_label.argmax(1, keepdim=True) if self.classes is not None else moved_label > 0.5
+                out_label.index_copy_(0, index, moved_label.to(label.dtype))
         # the others (flips, transpose, rot90 at most): the centre window, permuted, copied exactly
         # (what the grid would sample)
         window = (slice(None), *(slice(m // 2, m // 2 + n) for m, n in zip(margins, out_size)))

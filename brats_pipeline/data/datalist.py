@@ -89,7 +89,8 @@ def build_datalist(
 
     Args:
         root: dataset folder in the task's layout.
-        task: task name or :class:`Task`.
+        task: task name or :class:`Task` (a modality subset, :mod:`brats_pipeline.data.modalities`,
+            looks for and lists only its modalities' files; ``modality`` records them).
         folds: number of cross-validation folds for labelled cases.
         seed: fold shuffling seed.
         strict: raise :class:`DatasetError` if any case is unusable (default: skip and list it

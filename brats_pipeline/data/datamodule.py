@@ -37,8 +37,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from brats_pipeline.constants import Task, get_task
+from brats_pipeline.constants import Task, check_output_mode, get_task
 from brats_pipeline.data.datalist import load_datalist, split_fold
+from brats_pipeline.data.modalities import (
+    check_model_modalities,
+    default_modalities,
+    select_datalist,
+    select_modalities,
+)
 from brats_pipeline.data.slices import SliceDataset, check_context, check_slice_axis
 from brats_pipeline.data.transforms import (
     AugmentationConfig,
@@ -53,6 +59,9 @@ AUGMENTATION_DEVICES = ("auto", "batch", "cpu")
 
 class BratsDataModule(pl.LightningDataModule):
     """Datasets and loaders for one cross-validation fold of a datalist.
+
+    The label is the model's target: region channels, or class indices when the attached model's
+    ``output_mode`` is ``softmax`` (without a model: the :attr:`output_mode` attribute).
 
     Args:
         datalist: datalist JSON written by ``brats-datalist`` / ``brats-preprocess``.
@@ -82,7 +91,13 @@ class BratsDataModule(pl.LightningDataModule):
             (0 without one).
         empty_slice_ratio: 2D: tumour-free slices drawn per tumour slice per epoch (``null``:
             every slice every epoch). ``samples_per_volume`` and ``pos_fraction`` are 3D only.
+        modalities: read only these of the task's modalities (names or aliases, e.g. ``[t2, t1c,
+            flair]``; channels in the task's order whatever the order given); ``None``: the ones the
+            datalist was built for (all the task's). See :mod:`brats_pipeline.data.modalities`.
     """
+
+    #: ``sigmoid`` or ``softmax``: the target's form; :meth:`setup` takes the attached model's
+    output_mode: str = "sigmoid"
 
     def __init__(
         self,
@@ -105,6 +120,7 @@ class BratsDataModule(pl.LightningDataModule):
         slice_axis: int | None = None,
         context: int | None = None,
         empty_slice_ratio: float | None = 1.0,
+        modalities: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if cache not in CACHE_MODES:
@@ -128,11 +144,14 @@ class BratsDataModule(pl.LightningDataModule):
         if patch_size is not None and len(patch_size) == 2 and spatial_dims == 3:
             raise ValueError(f"patch_size must be three positive sizes for 3D, got {tuple(patch_size)}")
         # the model's hyper-parameters hold these (Lightning refuses a key logged by both with two values)
-        self.save_hyperparameters(ignore=["spatial_dims", "slice_axis", "context"])
+        self.save_hyperparameters(ignore=["spatial_dims", "slice_axis", "context", "modalities"])
         self._asked = {"spatial_dims": spatial_dims, "slice_axis": slice_axis, "context": context}
         self.datalist_path = str(datalist)
         self.datalist = load_datalist(datalist)
         self.task: Task = get_task(self.datalist["task"])
+        names = modalities if modalities is not None else default_modalities(self.datalist, self.task)
+        self.task = select_modalities(self.task, names, f"{datalist}: data.modalities")  # the model records them
+        self.datalist = select_datalist(self.datalist, self.task, self.datalist_path)  # entries: the used files only
         self.augmentation = AugmentationConfig.from_any(augmentation)
         self.patch_size = None if patch_size is None else tuple(int(s) for s in patch_size)
         #: resolved in :meth:`setup` (from the model when attached): 2 or 3, slice axis, context
@@ -150,8 +169,13 @@ class BratsDataModule(pl.LightningDataModule):
         return len(self.task.modalities)
 
     @property
+    def modality_names(self) -> tuple[str, ...]:
+        """The modalities read, in channel order (``brats-train`` links ``model.modalities`` to them)."""
+        return self.task.modality_names
+
+    @property
     def out_channels(self) -> int:
-        return len(self.task.regions)
+        return self.task.output_channels(self.output_mode)
 
     @property
     def task_name(self) -> str:
@@ -205,7 +229,8 @@ class BratsDataModule(pl.LightningDataModule):
     def _deterministic(self, with_label: bool = True) -> Any:
         hp = self.hparams
         return deterministic_transforms(
-            self.task, with_label=with_label, spacing=hp.spacing, orientation=hp.orientation, crop_foreground=hp.crop_foreground
+            self.task, with_label=with_label, spacing=hp.spacing, orientation=hp.orientation, crop_foreground=hp.crop_foreground,
+            output_mode=self.output_mode,
         )
 
     def _dataset(self, data: list[dict[str, Any]], transform: Any) -> Any:
@@ -224,6 +249,17 @@ class BratsDataModule(pl.LightningDataModule):
             return self.patch_size
         # a margin so that rotated/scaled patches are filled with data, not padding
         return tuple(int(math.ceil(s * 1.2 / 2) * 2) for s in self.patch_size)
+
+    def resolve_output_mode(self) -> str:
+        """The attached model's ``output_mode`` (the data follows the model), else :attr:`output_mode`.
+
+        ``sigmoid``: the label becomes region channels; ``softmax``: class indices (see
+        :func:`~brats_pipeline.data.transforms.deterministic_transforms`).
+        """
+        trainer = self.trainer
+        model = trainer.lightning_module if trainer is not None else None
+        mode = (getattr(model, "hparams", None) or {}).get("output_mode") if model is not None else None
+        return check_output_mode(mode or self.output_mode)
 
     def resolve_dimensionality(self) -> tuple[int, int, int]:
         """``(spatial_dims, slice_axis, context)``: this module's settings, else the attached model's, else 3, 2, 0.
@@ -279,6 +315,8 @@ class BratsDataModule(pl.LightningDataModule):
         from monai.transforms import Compose
 
         self.spatial_dims, self.slice_axis, self.context = self.resolve_dimensionality()
+        self.output_mode = self.resolve_output_mode()
+        check_model_modalities(self.modality_names, self.trainer and self.trainer.lightning_module, self.datalist_path)
         train, val = self.split()
         if stage in (None, "fit") and self.spatial_dims == 2:
             self._setup_slices(train)
@@ -349,7 +387,8 @@ class BratsDataModule(pl.LightningDataModule):
         spacing = tuple(self.hparams.spacing or (1.0, 1.0, 1.0))
         if self.spatial_dims == 2:
             spacing = tuple(s for a, s in enumerate(spacing) if a != self.slice_axis)
-        return BatchAugment(self.augmentation, out_size=self.patch_size, spacing=spacing)
+        classes = self.task.n_classes if self.output_mode == "softmax" else None  # class-index labels stay exact
+        return BatchAugment(self.augmentation, out_size=self.patch_size, spacing=spacing, classes=classes)
 
 
 def _plain(x: Any) -> torch.Tensor:

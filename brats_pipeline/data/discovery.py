@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from brats_pipeline.constants import Task, get_task
+from brats_pipeline.data.modalities import base_task
 from preprocessing.identity import check_case_id, check_case_ids
 from preprocessing.io import (
     NIFTI_SUFFIXES,
@@ -69,6 +70,9 @@ class CaseRecord:
 
 def discover_cases(root: str | os.PathLike, task: str | Task) -> list[CaseRecord]:
     """List every case under ``root`` in the task's layout (no file contents are read).
+
+    A modality subset (:func:`brats_pipeline.data.modalities.select_modalities`) looks only for
+    its own modalities' files: a case without an unused modality is found whole.
 
     Cases whose files cannot be found (a missing modality, an ambiguous match) or whose id is
     not a safe file name (:mod:`preprocessing.identity`: a folder name with a space ...) are
@@ -163,10 +167,11 @@ def _discover_msd(root: Path, task: Task) -> list[CaseRecord]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{dataset_json}: not valid JSON ({exc})") from exc
     channels = meta.get("modality", {})
-    if channels and len(channels) != len(task.modalities):
+    full = base_task(task)  # a modality subset reads its channels of the 4D files of every modality
+    if channels and len(channels) != len(full.modalities):
         raise ValueError(
             f"{dataset_json}: lists {len(channels)} modalities {list(channels.values())}, "
-            f"task {task.name} expects {len(task.modalities)} {task.modality_names}"
+            f"task {task.name} expects {len(full.modalities)} {full.modality_names}"
         )
     cases = []
     entries = [(e["image"], e.get("label")) for e in meta.get("training", [])]
@@ -213,7 +218,7 @@ def _check_files(case: CaseRecord, task: Task, full: bool) -> None:
     geometries: dict[str, Geometry] = {}
     if isinstance(case.image, str):  # MSD: one 4D file, channels last
         geo = read_geometry(case.image, ndim=(4,))
-        if geo.shape[3] != len(task.modalities):
+        if geo.shape[3] != len(task.modalities) and geo.shape[3] != len(base_task(task).modalities):
             raise ImageFileError(
                 case.image, f"has {geo.shape[3]} channels, task {task.name} expects {len(task.modalities)} {task.modality_names}"
             )

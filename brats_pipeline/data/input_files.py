@@ -27,6 +27,7 @@ from typing import Any
 from monai.transforms import LoadImaged, MapTransform
 
 from brats_pipeline.constants import Task, get_task
+from brats_pipeline.data.modalities import base_task
 
 #: Suffix of the key under which :class:`SourceFilesd` keeps a key's file names (``image`` -> ``image_files``).
 SOURCES_SUFFIX = "_files"
@@ -70,7 +71,7 @@ class CheckHeadersd(MapTransform):
     """Before loading: read each NIfTI file's header and check that the case's files fit together.
 
     ``image`` is one file per modality of ``task`` (each 3D), or one 4D file with the modalities on
-    its last axis; every other key (``label``) one 3D file. All files share one grid (shape and
+    its last axis (for a modality subset: the subset's, or every modality of the task); every other key (``label``) one 3D file. All files share one grid (shape and
     affine within 1e-3 mm). A file's header must also promise no more voxel data than the file can
     hold (:func:`preprocessing.io.read_geometry`).
 
@@ -99,7 +100,7 @@ class CheckHeadersd(MapTransform):
                     geometries[key if len(files) == 1 else f"{key}[{i}]"] = read_geometry(path)
             elif len(files) == 1:
                 geometry = read_geometry(files[0], ndim=(3, 4))
-                if (geometry.shape[3:] or (1,))[0] != n:
+                if (geometry.shape[3:] or (1,))[0] not in (n, len(base_task(self.task).modalities)):  # a subset's, or all
                     raise ImageFileError(files[0], f"expected {n} channels ({', '.join(names)}), as one 4D NIfTI with the "
                                          "modalities stacked on the last axis in that order (brats-bundle stack) or one "
                                          f"file per modality; the header's shape is {geometry.shape}")

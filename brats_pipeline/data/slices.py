@@ -103,7 +103,7 @@ def stack_context(volume: torch.Tensor, slice_axis: int = 2, context: int = 0) -
 
 
 def tumour_slices(label: torch.Tensor, slice_axis: int = 2) -> torch.Tensor:
-    """Bool ``(N,)``: which slices of an ``R×X×Y×Z`` label hold any voxel of any region."""
+    """Bool ``(N,)``: which slices of an ``R×X×Y×Z`` label (or ``1×X×Y×Z`` class indices) hold tumour (non-zero)."""
     return label.ne(0).movedim(slice_axis + 1, 0).flatten(1).any(dim=1)
 
 
@@ -133,7 +133,8 @@ class SliceDataset(torch.utils.data.Dataset):
     loader. ``empty_slice_ratio=None`` makes an epoch every slice once.
 
     Args:
-        volumes: dicts with ``image`` (C×X×Y×Z float) and ``label`` (R×X×Y×Z region channels),
+        volumes: dicts with ``image`` (C×X×Y×Z float) and ``label`` (R×X×Y×Z region channels, or
+            1×X×Y×Z class indices in the softmax output mode),
             e.g. the data module's cached, deterministically transformed cases.
         slice_axis: 0, 1 or 2 (x, y, z).
         context: neighbours on each side stacked as channels (0: plain 2D).
@@ -144,7 +145,7 @@ class SliceDataset(torch.utils.data.Dataset):
             in-plane size of ``volumes`` rounded up to a multiple of :data:`WHOLE_SLICE_MULTIPLE`.
             The attribute may be changed after construction (the data module widens it by a margin).
 
-    Items: ``image`` (C·(2k+1), A, B) float32 and ``label`` (R, A, B) float32 (0/1).
+    Items: ``image`` (C·(2k+1), A, B) float32 and ``label`` (R, A, B) float32 (0/1; class indices: (1, A, B)).
     """
 
     def __init__(
@@ -172,7 +173,9 @@ class SliceDataset(torch.utils.data.Dataset):
                 source = _source(volume["image"])
                 raise ValueError(f"{source}: expected image C×X×Y×Z and label R×X×Y×Z on one grid, got {tuple(image.shape)} and {tuple(label.shape)}")
             self.images.append(image.float().movedim(self.slice_axis + 1, 1).contiguous())
-            self.labels.append(label.ne(0).to(torch.uint8).movedim(self.slice_axis + 1, 1).contiguous())
+            # 0/1 region channels or class indices, kept exactly
+            exact = label.round() if label.is_floating_point() else label
+            self.labels.append(exact.to(torch.uint8).movedim(self.slice_axis + 1, 1).contiguous())
             for index, flag in enumerate(tumour_slices(label, self.slice_axis).tolist()):
                 (tumour if flag else empty).append((v, index))
         self.tumour, self.empty = tumour, empty

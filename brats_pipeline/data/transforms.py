@@ -3,7 +3,8 @@
 Keys: ``image`` (C×X×Y×Z float, channels in the task's modality order) and ``label``. After
 loading, ``label`` is the task's label map (1×X×Y×Z); the last deterministic step,
 :class:`LabelsToRegionsd`, turns it into region channels (R×X×Y×Z float, e.g. TC, WT, ET),
-which is what the networks are trained on.
+which is what the networks are trained on, or in the softmax output mode
+:class:`LabelsToClassesd` into class indices (1×X×Y×Z float; BraTS 2021 {0, 1, 2, 4} -> 0..3).
 
 * :func:`deterministic_transforms` — check the files' headers (:mod:`~brats_pipeline.data.input_files`:
   errors name the file at fault), load, channel-first, optional orientation and spacing,
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 from monai.transforms import MapTransform, RandAffined, RandomizableTransform
 
-from brats_pipeline.constants import Task, get_task
+from brats_pipeline.constants import Task, check_output_mode, get_task
 from brats_pipeline.data.input_files import (
     SOURCES_SUFFIX,
     CheckFinited,
@@ -39,6 +40,7 @@ from brats_pipeline.data.input_files import (
     SourceFilesd,
     source_name,
 )
+from brats_pipeline.data.modalities import modality_selection
 
 
 @dataclass
@@ -181,11 +183,26 @@ class LabelsToRegionsd(MapTransform):
             if arr.is_floating_point():
                 arr = arr.round()
             try:
-                regions = self.task.labels_to_regions(arr.to(torch.int64)).to(torch.float32)
+                regions = self.convert(arr.to(torch.int64))
             except ValueError as err:
                 raise ValueError(f"{source}: {err}") from err
             d[key] = MetaTensor(regions, meta=label.meta) if isinstance(label, MetaTensor) else regions
         return d
+
+    def convert(self, label: Any) -> Any:
+        """``(1, X, Y, Z)`` int64 label values -> the float32 target."""
+        return self.task.labels_to_regions(label).float()
+
+
+class LabelsToClassesd(LabelsToRegionsd):
+    """Label map (1×X×Y×Z, the task's values) -> class indices (1×X×Y×Z float32): the softmax-mode target.
+
+    Class ``i`` is label value ``task.label_values[i]`` (BraTS 2021 {0, 1, 2, 4} -> 0..3;
+    :meth:`~brats_pipeline.constants.Task.labels_to_classes`). Errors as :class:`LabelsToRegionsd`'s.
+    """
+
+    def convert(self, label: Any) -> Any:
+        return self.task.labels_to_classes(label).float()
 
 
 def _spatial_size(value: Any) -> tuple[int, ...]:
@@ -248,17 +265,21 @@ def deterministic_transforms(
     crop_foreground: bool = True,
     crop_margin: int = 4,
     normalize: bool = True,
+    output_mode: str = "sigmoid",
 ) -> Any:
     """The cached, deterministic part: check headers -> load -> orient -> resample -> crop -> normalise -> regions.
 
     Args:
-        task: decides the label scheme (region conversion).
+        task: decides the label scheme (region conversion) and the modalities read (a subset of
+            :func:`brats_pipeline.data.modalities.select_modalities` reads only its own).
         with_label: include ``label`` (training/validation) or not (inference).
         spacing: resample to this voxel size in mm (x, y, z); ``None`` keeps the data's grid
             (preprocessed data is already on its target grid).
         orientation: reorient to these axis codes (``None`` keeps the file's orientation).
         crop_foreground: crop to the bounding box of non-zero image voxels (+ ``crop_margin``).
         normalize: channel-wise z-score over non-zero voxels.
+        output_mode: the label becomes region channels R×X×Y×Z (``sigmoid``,
+            :class:`LabelsToRegionsd`) or class indices 1×X×Y×Z (``softmax``, :class:`LabelsToClassesd`).
 
     Returns:
         A ``monai.transforms.Compose``; ``Invertd`` can undo its spatial steps on predictions.
@@ -279,6 +300,7 @@ def deterministic_transforms(
         SourceFilesd(keys),
         CheckHeadersd(keys, task),
         NamedLoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
+        *modality_selection(task),  # a modality subset: its channels of a 4D file of all (data/modalities.py)
         EnsureTyped(keys="image", dtype=np.float32, track_meta=True),
         CheckFinited(keys="image"),
         DeleteItemsd(keys=[f"{k}{SOURCES_SUFFIX}" for k in keys]),  # file lists would not collate into batches
@@ -292,8 +314,9 @@ def deterministic_transforms(
         steps.append(CropForegroundd(keys=keys, source_key="image", margin=crop_margin, allow_smaller=True))
     if normalize:
         steps.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
-    if with_label:
-        steps.append(LabelsToRegionsd(keys="label", task=task))
+    if with_label:  # the target: region channels (sigmoid) or class indices (softmax)
+        to_target = LabelsToClassesd if check_output_mode(output_mode) == "softmax" else LabelsToRegionsd
+        steps.append(to_target(keys="label", task=task))
     return Compose(steps)
 
 
@@ -337,8 +360,8 @@ def cpu_augmentation(config: AugmentationConfig | Mapping[str, Any] | None = Non
     :class:`RandShiftAffined` for ``shift``, a fraction of each sample's size — intensity ones),
     plus :class:`RandTransposed` (MONAI has no random transpose) and
     :class:`~brats_pipeline.data.elastic.RandElasticd` (the shared elastic definitions).
-    ``label`` holds region channels (float); spatial transforms resample it with nearest
-    neighbour so it stays binary.
+    ``label`` holds region channels or class indices (float); spatial transforms resample it
+    with nearest neighbour so it stays exact (binary, resp. the classes).
 
     Args:
         config: :class:`AugmentationConfig` (or a mapping of its fields).

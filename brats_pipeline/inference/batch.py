@@ -186,7 +186,8 @@ def run_batch(
     Args:
         predictor: the :class:`~brats_pipeline.inference.predictor.Predictor`.
         cases: mappings with ``case_id`` and ``image`` (datalist entries). An entry with a
-            ``problem`` (from dataset discovery) is recorded as failed without reading it.
+            ``problem`` (from dataset discovery) is recorded as failed without reading it, as is
+            one lacking a modality the predictor's modality subset reads (the others may be absent).
         out_dir: output folder (created).
         save_probabilities: also write the probability maps.
         overwrite: redo cases whose outputs exist (default: skip those made from these inputs by
@@ -206,9 +207,11 @@ def run_batch(
     """
     from tqdm import tqdm
 
+    from brats_pipeline.data.modalities import select_cases
     from brats_pipeline.inference.loading import case_id_of, image_files
 
     out_dir = prepare_output_folder(out_dir, depth=1)  # also removes a killed run's temporary files (probabilities/)
+    cases = select_cases(cases, predictor.task)  # a modality subset: only its files are read, hashed and recorded
     model, settings = model_digests(predictor), prediction_settings(predictor)
     manifest = _Manifest(out_dir / manifest_name, {**predictor.describe(), "model_sha256": model})
     order: list[str] = []

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from brats_pipeline.constants import Task, get_task
+from brats_pipeline.data.modalities import base_task, channel_indices
 
 
 class ParallelLoadImaged:
@@ -29,7 +30,7 @@ class ParallelLoadImaged:
     Not invertible (``Invertd`` stops at it, leaving the prediction on the files' voxel grid).
 
     Args:
-        task: decides how many channels to expect.
+        task: decides how many channels to expect (a modality subset: its channels of a 4D file of all).
         executor: thread pool reading the modality files concurrently (``None``: one by one).
         atol: tolerance (mm) when checking that all modalities share one affine.
     """
@@ -54,6 +55,8 @@ class ParallelLoadImaged:
                 array = array[None]
             elif array.ndim == 4 and array.shape[-1] == n:
                 array = np.moveaxis(array, -1, 0)
+            elif array.ndim == 4 and array.shape[-1] == len(base_task(self.task).modalities):  # a subset of a 4D file
+                array = np.moveaxis(array, -1, 0)[list(channel_indices(self.task))]
             else:
                 raise ImageFileError(files[0], f"expected {n} modalities ({', '.join(self.task.modality_names)}) "
                                      f"stacked on the last axis, got shape {array.shape}")

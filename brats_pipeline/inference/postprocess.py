@@ -18,6 +18,12 @@ task's label map ``(X, Y, Z)`` uint8 (BraTS 2021: {0, 1, 2, 4}). The steps, in o
 6. ``task.regions_to_labels`` — paint regions largest first with the label each owns.
 
 All functions take and return numpy arrays; masks are boolean.
+
+**Softmax output** (class probabilities ``(C, X, Y, Z)``, one channel per class of the label
+scheme): :func:`postprocess_classes` takes each voxel's most likely class as its label
+(``task.classes_to_labels``) instead of step 1; steps 2-5 then run on that label map's regions
+(``task.labels_to_regions``) and step 6 paints them back. Thresholds are for region
+probabilities only: one other than 0.5 is an error in softmax mode.
 """
 
 from __future__ import annotations
@@ -82,6 +88,12 @@ class PostprocessConfig:
         if unknown:
             raise ValueError(f"unknown postprocess options {sorted(unknown)}; known: {sorted(known)}")
         return cls(**dict(value))
+
+    @property
+    def cleans_regions(self) -> bool:
+        """Whether a step after thresholding (2-5) is on."""
+        return bool(self.opening_radius or self.closing_radius or self.min_component_voxels or self.keep_largest
+                    or self.et_min_voxels)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-friendly dict."""
@@ -258,3 +270,68 @@ def postprocess(probabilities: Any, task: str | Task, config: PostprocessConfig 
     regions = threshold_regions(probabilities, cfg.threshold)
     regions = postprocess_regions(regions, task, cfg)
     return task.regions_to_labels(regions).astype(np.uint8)
+
+
+def check_softmax_config(config: PostprocessConfig | Mapping[str, Any] | None) -> PostprocessConfig:
+    """The config for a softmax output; ``ValueError`` for a threshold other than 0.5 (thresholds are for regions)."""
+    cfg = PostprocessConfig.from_any(config)
+    if np.any(np.asarray(cfg.threshold, dtype=float) != 0.5):
+        raise ValueError(f"postprocess threshold {cfg.threshold!r} is for region probabilities (sigmoid output); a "
+                         "softmax output takes each voxel's most likely class: leave threshold at 0.5")
+    return cfg
+
+
+def postprocess_classes(probabilities: Any, task: str | Task, config: PostprocessConfig | Mapping[str, Any] | None = None) -> np.ndarray:
+    """Class probabilities ``(C, X, Y, Z)`` (softmax output) -> the task's label map ``(X, Y, Z)`` uint8.
+
+    Args:
+        probabilities: ``task.n_classes`` channels in class order (class ``i`` = label value
+            ``task.label_values[i]``), numpy or torch (the argmax runs on the tensor's device).
+        task: task name or :class:`Task`.
+        config: as for :func:`postprocess`; steps 2-5 run on the regions of the argmax label map.
+
+    Raises:
+        ValueError: a channel count other than ``task.n_classes``, or a threshold other than 0.5.
+    """
+    task = get_task(task)
+    cfg = check_softmax_config(config)
+    if probabilities.ndim != 4 or probabilities.shape[0] != task.n_classes:
+        raise ValueError(f"expected {task.n_classes} class channels {task.class_names} of shape (C, X, Y, Z), "
+                         f"got {tuple(probabilities.shape)}")
+    classes = probabilities.argmax(0)
+    labels = task.classes_to_labels(classes.cpu().numpy() if hasattr(classes, "cpu") else classes)
+    if cfg.cleans_regions:
+        labels = task.regions_to_labels(postprocess_regions(task.labels_to_regions(labels), task, cfg))
+    return labels.astype(np.uint8)
+
+
+class ClassesToLabelsd:
+    """MONAI dictionary transform: class indices ``(1, X, Y, Z)`` (a softmax output's argmax) -> the task's label values.
+
+    The bundle post-processing of a softmax network (``Activationsd(softmax=True)``, ``Invertd``,
+    ``AsDiscreted(argmax=True)``, then this): class ``i`` becomes ``task.label_values[i]``
+    (BraTS 2021 classes 0..3 -> labels 0, 1, 2, 4), ``uint8``; meta data (affine) is kept.
+
+    Args:
+        keys: the keys to convert (``pred``).
+        task: task name or :class:`Task`.
+    """
+
+    def __init__(self, keys: str | Sequence[str], task: str | Task) -> None:
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.task = get_task(task)
+
+    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        import torch
+        from monai.data import MetaTensor
+
+        d = dict(data)
+        for key in self.keys:
+            pred = d[key]
+            classes = torch.as_tensor(pred)
+            if classes.ndim != 4 or classes.shape[0] != 1:
+                raise ValueError(f"{key}: expected class indices of shape (1, X, Y, Z) (AsDiscreted argmax first), "
+                                 f"got {tuple(classes.shape)}")
+            labels = self.task.classes_to_labels(classes.round().long())
+            d[key] = MetaTensor(labels, meta=dict(pred.meta)) if isinstance(pred, MetaTensor) else labels
+        return d

@@ -6,6 +6,7 @@ The path of one case::
       inferer (3D sliding window with gaussian blending, or 2D/2.5D slice by slice; bf16 autocast
       on CUDA) × TTA mirrors × ensemble members
       ──sigmoid, averaged──► region probabilities R×X'×Y'×Z' ──Invertd──► R×X×Y×Z on the input's grid
+      (softmax output mode: softmax, averaged ──► class probabilities C×X'×Y'×Z' ──Invertd──► argmax, label values)
       ──postprocess──► label map X×Y×Z uint8 in the task's labels ──atomic write──► OUT/<case_id>.nii.gz
 
 Arrays are x, y, z (nibabel/MONAI order); ``R`` channels follow ``task.regions`` (TC, WT, ET
@@ -40,9 +41,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from brats_pipeline.constants import Task, get_task
+from brats_pipeline.constants import Task, check_output_mode, get_task
+from brats_pipeline.data.modalities import is_subset, select_case, select_modalities
 from brats_pipeline.inference.inferers import BLEND_MODES, build_inferer
-from brats_pipeline.inference.postprocess import PostprocessConfig, postprocess
+from brats_pipeline.inference.postprocess import (
+    PostprocessConfig,
+    check_softmax_config,
+    postprocess,
+    postprocess_classes,
+)
 
 
 @dataclass
@@ -53,7 +60,8 @@ class CasePrediction:
         case_id: the case.
         label: the task's label map (X, Y, Z) uint8 on the input's grid.
         affine: 4x4 voxel-to-RAS (mm) of the input (and of ``label``).
-        probabilities: region probabilities (R, X, Y, Z) float32 on the input's grid, if asked for.
+        probabilities: region probabilities (R, X, Y, Z) float32 on the input's grid, if asked for
+            (softmax output mode: class probabilities (C, X, Y, Z)).
         seconds: time spent per stage (``read``, ``compute``, ``postprocess``).
     """
 
@@ -70,7 +78,8 @@ class Predictor:
     Args:
         networks: one network or several (an ensemble; their probabilities are averaged), all
             of one dimensionality. A 3D network maps ``(B, C, X, Y, Z)`` to region logits
-            ``(B, R, X, Y, Z)``; a 2D one maps slices ``(B, C·(2k+1), H, W)`` to ``(B, R, H, W)``.
+            ``(B, R, X, Y, Z)``; a 2D one maps slices ``(B, C·(2k+1), H, W)`` to ``(B, R, H, W)``
+            (``output_mode="softmax"``: class logits, ``task.n_classes`` channels, instead of R).
         task: task name or :class:`Task` (channel order, regions, labels written).
         roi_size: window size in voxels: (x, y, z) for 3D; for 2D the two in-plane sizes (or
             x, y, z, the slice axis' entry ignored).
@@ -100,6 +109,13 @@ class Predictor:
         slice_axis: 2D networks: the axis slices are taken across (0 = x, 1 = y, 2 = z).
         context: 2D networks: neighbouring slices each side stacked as channels (2.5D);
             ``None``: from the network's input channels (``modalities * (2k + 1)``).
+        modalities: the modalities the networks read, a subset of the task's
+            (:mod:`brats_pipeline.data.modalities`); a case's other modality files are not read,
+            and need not exist. ``None``: all the task's (or those of a subset ``task``).
+        output_mode: ``sigmoid`` (networks output one channel per region) or ``softmax`` (one per
+            class of the label scheme: probabilities are softmaxed and averaged, each voxel gets its
+            most likely class's label value; region post-processing steps run on its regions, a
+            threshold other than 0.5 is an error).
     """
 
     def __init__(
@@ -125,8 +141,10 @@ class Predictor:
         spatial_dims: int | None = None,
         slice_axis: int = 2,
         context: int | None = None,
+        modalities: Sequence[str] | None = None,
+        output_mode: str = "sigmoid",
     ) -> None:
-        self.task = get_task(task)
+        self.task = select_modalities(get_task(task), modalities)
         nets = [networks] if isinstance(networks, nn.Module) else list(networks)
         if not nets or not all(isinstance(n, nn.Module) for n in nets):
             raise ValueError(f"networks must be one nn.Module or a non-empty list of them, got {networks!r}")
@@ -167,6 +185,9 @@ class Predictor:
         self.crop_margin = int(crop_margin)
         self.normalize = bool(normalize)
         self.postprocess_config = PostprocessConfig.from_any(postprocess)
+        self.output_mode = check_output_mode(output_mode)
+        if self.output_mode == "softmax":
+            check_softmax_config(self.postprocess_config)
         self.read_threads = max(1, int(read_threads))
         self.networks = [n.to(self.device).eval() for n in nets]
         self._forwards = [torch.compile(n) if compile else n for n in self.networks]
@@ -211,7 +232,7 @@ class Predictor:
             settings.append(checkpoint_settings(ckpt, str(path)))
         first = settings[0]
         for path, s in zip(paths[1:], settings[1:]):
-            for key in ("task", "spacing", "orientation", "crop_foreground"):
+            for key in ("task", "modalities", "spacing", "orientation", "crop_foreground", "output_mode"):
                 if s[key] != first[key] and key not in overrides:
                     raise ValueError(f"{path}: ensemble member has {key}={s[key]!r}, but {paths[0]} has {first[key]!r}")
         kwargs = {**first, **overrides}
@@ -248,7 +269,7 @@ class Predictor:
 
         from brats_pipeline.weights import load_state_dict_strict
 
-        task = get_task(task)
+        task = select_modalities(get_task(task), kwargs.get("modalities"))
         files = [weights_path] if isinstance(weights_path, (str, os.PathLike)) else list(weights_path)
         if not files:
             raise ValueError("from_state_dict needs at least one weights file")
@@ -260,7 +281,8 @@ class Predictor:
                 from brats_pipeline.networks import build_network
 
                 in_channels = len(task.modalities) * (2 * int(kwargs.get("context") or 0) + 1)
-                net = build_network(network, in_channels, len(task.regions), **dict(network_kwargs or {}))
+                out_channels = task.output_channels(kwargs.get("output_mode") or "sigmoid")
+                net = build_network(network, in_channels, out_channels, **dict(network_kwargs or {}))
             load_state_dict_strict(net, path)
             networks.append(net)
         predictor = cls(networks, task, device=device, **kwargs)
@@ -296,6 +318,7 @@ class Predictor:
         """The settings, JSON-friendly (written into manifests)."""
         return {
             "task": self.task.name,
+            **({"modalities": list(self.task.modality_names)} if is_subset(self.task) else {}),
             "models": list(self.sources),
             "ensemble_size": len(self.networks),
             "roi_size": list(self.roi_size),
@@ -313,6 +336,7 @@ class Predictor:
             "orientation": self.orientation,
             "crop_foreground": self.crop_foreground,
             "postprocess": self.postprocess_config.to_dict(),
+            "output_mode": self.output_mode,
         }
 
     # --------------------------------------------------------------- volumes
@@ -354,7 +378,8 @@ class Predictor:
 
         Returns:
             Sigmoid probabilities ``(R, X, Y, Z)`` or ``(B, R, X, Y, Z)`` float32 on
-            :attr:`device`, channels in ``task.regions`` order.
+            :attr:`device`, channels in ``task.regions`` order (softmax output mode: class
+            probabilities, ``task.n_classes`` channels in class order).
         """
         x = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image)
         single = x.ndim == 4
@@ -373,10 +398,14 @@ class Predictor:
         with torch.inference_mode():
             for i in range(len(self.networks)):
                 for flip in self._flip_dims():
-                    p = torch.sigmoid(self.predict_logits(x, i, flip))
+                    logits = self.predict_logits(x, i, flip)
+                    p = torch.softmax(logits, 1) if self.output_mode == "softmax" else torch.sigmoid(logits)
                     total = p if total is None else total.add_(p)
                     count += 1
             probs = total / count
+        if probs.shape[1] != self.task.output_channels(self.output_mode):
+            raise ValueError(f"the network outputs {probs.shape[1]} channels, but output_mode {self.output_mode!r} of "
+                             f"task {self.task.name} needs {self.task.output_channels(self.output_mode)}")
         return probs[0] if single else probs
 
     # ------------------------------------------------------------------ cases
@@ -401,6 +430,8 @@ class Predictor:
     def preprocess(self, case: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Read a case (``image``: files in the task's modality order, or one 4D file) and prepare it.
 
+        With a modality subset only the subset's files are read (:func:`~brats_pipeline.data.modalities.select_case`).
+
         Returns:
             The case dict with ``image`` a ``C×X'×Y'×Z'`` ``MetaTensor`` that remembers the
             spatial steps applied (for :meth:`invert`).
@@ -411,7 +442,7 @@ class Predictor:
         """
         transform = self._get_transform()
         try:
-            return transform(dict(case))
+            return transform(select_case(case, self.task))  # a modality subset: only its files
         except RuntimeError as exc:  # MONAI wraps errors as "applying transform ..."; surface the cause
             cause: BaseException = exc
             while str(cause).startswith("applying transform") and cause.__cause__ is not None:
@@ -448,6 +479,8 @@ class Predictor:
         on the CPU (scipy).
         """
         cfg = self.postprocess_config
+        if self.output_mode == "softmax":  # class probabilities: argmax (on their device), label values
+            return postprocess_classes(probabilities, self.task, cfg)
         only_threshold = not (cfg.opening_radius or cfg.closing_radius or cfg.min_component_voxels or cfg.keep_largest or cfg.et_min_voxels)
         if only_threshold and torch.is_tensor(probabilities):
             t = torch.as_tensor(np.broadcast_to(np.asarray(cfg.threshold, dtype=np.float32), (probabilities.shape[0],)).copy())

@@ -43,6 +43,8 @@ DICE_SOFTMAX = np.mean([1 - 2 * (t / 3) / (16 / 3 + t) for t in (8, 4, 4)])
     ("name", "kw", "expected"),
     [
         ("dice", EXACT, DICE_SIGMOID),
+        ("ce", {}, math.log(2)),  # binary CE at p = 0.5
+        ("ce", {"weight": [3.0, 1.0]}, (3 * 4 + 12 + 16) * math.log(2) / 32),  # channel 0's 4 positives weigh 3
         ("dice_bce", EXACT, DICE_SIGMOID + math.log(2)),
         ("dice_ce", EXACT, DICE_SIGMOID + math.log(2)),  # sigmoid mode: CE is per-channel binary CE
         ("dice_ce", {**EXACT, "lambda_ce": 0.5}, DICE_SIGMOID + 0.5 * math.log(2)),
@@ -66,6 +68,8 @@ def test_sigmoid_mode_values(name, kw, expected):
     ("name", "kw", "expected"),
     [
         ("dice", EXACT, DICE_SOFTMAX),
+        ("ce", {}, math.log(3)),  # CE at p = 1/3, whatever the class
+        ("ce", {"weight": [1.0, 2.0, 4.0]}, math.log(3)),  # a weighted mean of equal values
         ("dice_ce", EXACT, DICE_SOFTMAX + math.log(3)),
         ("focal", {"gamma": 0.0}, math.log(3)),  # gamma 0: exactly the cross-entropy
         ("focal", {}, (2 / 3) ** 2 * math.log(3)),
@@ -113,6 +117,12 @@ def test_wce_dice_softmax_weights_by_hand():
     loss = build_loss("wce_dice", mode="softmax", class_weights=weights.tolist(), **EXACT)
     value = loss(torch.from_numpy(logits)[None], torch.from_numpy(labels)[None, None])
     assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ce_weight_must_have_one_entry_per_channel():
+    logits, target = _sigmoid_case()
+    with pytest.raises(ValueError, match="weight has 3 entries but the logits have 2 channels"):
+        build_loss("ce", weight=[1.0, 1.0, 1.0])(logits, target)
 
 
 def test_wce_dice_balanced_weights_follow_inverse_frequency():
