@@ -139,9 +139,10 @@ def main() -> None:
     from monai.transforms import Compose
 
     from brats_pipeline.data.augment import BatchAugment
+    from brats_pipeline.data.augmentation_config import AugmentationConfig
     from brats_pipeline.data.datalist import build_datalist, write_datalist
     from brats_pipeline.data.synthetic import write_cohort
-    from brats_pipeline.data.transforms import AugmentationConfig, deterministic_transforms, patch_sampling
+    from brats_pipeline.data.transforms import deterministic_transforms, patch_sampling
     from brats_pipeline.losses import build_loss
     from brats_pipeline.networks import build_network
 

@@ -26,7 +26,8 @@ cases), so that training and validation loss can be compared. In softmax mode th
 (and HD95) is that of the argmax label map's regions, so ``val/dice_mean`` (checkpointing,
 early stopping) means the same in both modes, and validation also logs
 ``val/dice_label_<key>`` per label of the scheme (``task.label_keys``: NCR, ED, ET) and
-``val/accuracy`` (:func:`brats_pipeline.metrics.voxel_accuracy` of the label maps).
+``val/accuracy`` (:func:`brats_pipeline.metrics.voxel_accuracy` of the label maps). The sums
+behind these metrics are :class:`brats_pipeline.validation.ValidationSums`.
 
 Checkpoints say which network they hold: ``checkpoint["network"]`` is
 :func:`brats_pipeline.networks.network_config` of the network (registry name, channels,
@@ -51,6 +52,7 @@ from torch import nn
 
 from brats_pipeline.constants import check_output_mode, get_task
 from brats_pipeline.schedules import ProgressLR
+from brats_pipeline.validation import ValidationSums
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -165,8 +167,7 @@ class BratsSegmentationModule(pl.LightningModule):
             raise ValueError(f"loss_kwargs {{'mode': {loss_kwargs['mode']!r}}}: the loss mode is the module's output_mode; "
                              "set --model.output_mode softmax (or sigmoid) instead")
         self.loss_fn = build_loss(loss, mode=output_mode, **(loss_kwargs or {}))
-        self._val_sums: torch.Tensor | None = None
-        self._hd_sums: torch.Tensor | None = None
+        self._scores: ValidationSums | None = None  # the epoch's per-case sums (validation, test)
         #: optimiser steps whose gradients were not finite (zeroed; see :meth:`on_before_optimizer_step`)
         self.nonfinite_steps = 0
 
@@ -232,10 +233,7 @@ class BratsSegmentationModule(pl.LightningModule):
         self._start_accumulating()
 
     def _start_accumulating(self) -> None:
-        n = len(self.region_names)
-        extra = self.task.n_classes if self.output_mode == "softmax" else 0  # softmax: dice per label, accuracy
-        self._val_sums = torch.zeros(n + 2 + extra, device=self.device, dtype=torch.float64)  # dice per region, loss, count
-        self._hd_sums = torch.zeros(2 * n, device=self.device, dtype=torch.float64)  # hd sum + finite count
+        self._scores = ValidationSums(self.task, self.output_mode, self.device)
 
     def _want_hd95(self) -> bool:
         if self.trainer.testing:
@@ -251,56 +249,9 @@ class BratsSegmentationModule(pl.LightningModule):
         self._evaluate(batch)
 
     def _evaluate(self, batch: dict[str, Any]) -> None:
-        from monai.metrics import compute_dice
-
-        image, label = batch["image"], batch["label"]
+        image = batch["image"]
         logits = self.sliding_window(image)
-        softmax = self.output_mode == "softmax"
-        if softmax:  # the argmax label map: its regions, then one mask per label
-            pred_classes, true_classes = _plain(logits).argmax(1, keepdim=True), _plain(label).round().long()
-            pred, truth = self._class_masks(pred_classes), self._class_masks(true_classes)
-        else:
-            pred = (torch.sigmoid(logits) > 0.5).float()
-            truth = (label > 0.5).float()
-        dice = compute_dice(pred, truth, include_background=True, ignore_empty=False)  # (B, R [+ labels])
-        # the training loss on each whole volume's logits: val/loss
-        logits, target = _plain(logits), _plain(label).to(logits.dtype)
-        loss = torch.stack([self.loss_fn(logits[b : b + 1], target[b : b + 1]) for b in range(logits.shape[0])])
-        # 0 for the copy a DDP rank without a case of its own evaluates (BratsDataModule.EvalShardSampler)
-        weight = batch.get("eval_weight")
-        weight = torch.ones(dice.shape[0]) if weight is None else torch.as_tensor(weight).reshape(-1)
-        weight = weight.to(dice.device, torch.float64)
-        n = len(self.region_names)
-        self._val_sums[:n] += (dice[:, :n].double() * weight[:, None]).sum(0)
-        self._val_sums[n] += (loss.detach().double() * weight).sum()
-        self._val_sums[n + 1] += weight.sum()
-        if softmax:
-            from brats_pipeline.metrics import voxel_accuracy
-
-            accuracy = torch.tensor([voxel_accuracy(p, t) for p, t in zip(pred_classes, true_classes)],
-                                    dtype=torch.float64, device=weight.device)
-            self._val_sums[n + 2 : -1] += (dice[:, n:].double() * weight[:, None]).sum(0)
-            self._val_sums[-1] += (accuracy * weight).sum()
-        if self._want_hd95():
-            from brats_pipeline.metrics import brats_hd95
-
-            spacing = _spacing_of(image)
-            masks_p, masks_t = _plain(pred).bool().cpu().numpy(), _plain(truth).bool().cpu().numpy()
-            for b in range(pred.shape[0]):
-                if weight[b] == 0:
-                    continue
-                hd = torch.tensor([brats_hd95(masks_p[b, i], masks_t[b, i], spacing) for i in range(n)],
-                                  dtype=torch.float64, device=self._hd_sums.device)
-                finite = torch.isfinite(hd)
-                self._hd_sums[:n] += torch.where(finite, hd, torch.zeros_like(hd))
-                self._hd_sums[n:] += finite.double()
-
-    def _class_masks(self, classes: torch.Tensor) -> torch.Tensor:
-        """Class indices (B, 1, ...) -> float masks (B, R + L, ...): the task's regions, then each foreground label."""
-        values = self.task.label_values
-        sets = [[values.index(v) for v in sorted(r.labels)] for r in self.task.regions]
-        sets += [[c] for c in range(1, len(values))]
-        return torch.cat([torch.isin(classes, torch.tensor(s, device=classes.device)) for s in sets], 1).float()
+        self._scores.add(logits, batch["label"], image, self.loss_fn, batch.get("eval_weight"), self._want_hd95())
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
@@ -309,26 +260,8 @@ class BratsSegmentationModule(pl.LightningModule):
         self._log_epoch_metrics("test")
 
     def _log_epoch_metrics(self, prefix: str) -> None:
-        sums, hd = self._val_sums, self._hd_sums
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(sums)
-            torch.distributed.all_reduce(hd)
-        n = len(self.region_names)
-        count = sums[n + 1].clamp_min(1)
-        dice = sums[:n] / count
-        for name, value in zip(self.region_names, dice):
-            self.log(f"{prefix}/dice_{name}", value.float(), sync_dist=False)
-        self.log(f"{prefix}/dice_mean", dice.mean().float(), prog_bar=True, sync_dist=False)
-        self.log(f"{prefix}/loss", (sums[n] / count).float(), sync_dist=False)
-        self.log(f"{prefix}/cases", sums[n + 1].float(), sync_dist=False)
-        if self.output_mode == "softmax":  # per label of the scheme (dice_label_NCR ...) and voxel accuracy
-            for i, key in enumerate(self.task.class_names[1:]):
-                self.log(f"{prefix}/dice_label_{key}", (sums[n + 2 + i] / count).float(), sync_dist=False)
-            self.log(f"{prefix}/accuracy", (sums[-1] / count).float(), sync_dist=False)
-        if hd[n:].sum() > 0:
-            for i, name in enumerate(self.region_names):
-                if hd[n + i] > 0:
-                    self.log(f"{prefix}/hd95_{name}", (hd[i] / hd[n + i]).float(), sync_dist=False)
+        for name, value in self._scores.metrics(prefix).items():
+            self.log(name, value, prog_bar=name == f"{prefix}/dice_mean", sync_dist=False)
 
     # ---------------------------------------------------------------- predict
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
@@ -394,19 +327,3 @@ class BratsSegmentationModule(pl.LightningModule):
         import copy
 
         checkpoint["network"] = copy.deepcopy(self.network_config)
-
-
-def _plain(x: Any) -> torch.Tensor:
-    """A plain tensor (a MONAI ``MetaTensor`` without its metadata)."""
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
-
-
-def _spacing_of(image: Any) -> list[float] | None:
-    """Voxel size (x, y, z) in mm of a MetaTensor batch, or ``None``."""
-    affine = getattr(image, "affine", None)
-    if affine is None:
-        return None
-    affine = torch.as_tensor(affine)
-    if affine.ndim == 3:
-        affine = affine[0]
-    return [float(v) for v in torch.linalg.norm(affine[:3, :3].double(), dim=0)]

@@ -99,7 +99,8 @@ def test_infer_refuses_case_ids_that_are_not_safe_file_names(tmp_path: Path, ckp
 
 
 def test_bundle_case_reader_and_label_writer_refuse_unsafe_ids(tmp_path: Path, brats_cohort) -> None:
-    from brats_pipeline.bundle.inference import LabelWriter, inference_cases
+    from brats_pipeline.bundle.cases import inference_cases
+    from brats_pipeline.bundle.runner import LabelWriter
 
     _, datalist = brats_cohort(tmp_path, n=1)
     entry = {**datalist["training"][0], "case_id": "../../escaped"}

@@ -8,34 +8,25 @@ package with ``"_target_": "brats_pipeline.bundle.<name>"`` (the names below):
   mapping for the Lightning ``Trainer``, :class:`SaveBestNetwork` (``models/model.pt``);
 * :mod:`~brats_pipeline.bundle.inference` — ``inference.json``/``evaluate.json``:
   :func:`inference_preprocessing`, :class:`RegionsToLabelsd` (softmax bundles:
-  :class:`~brats_pipeline.inference.postprocess.ClassesToLabelsd`), strict :func:`load_network`,
-  :func:`inference_cases`, :class:`LabelWriter`, :class:`CaseScorer`, :class:`BundleRunner`;
+  :class:`~brats_pipeline.inference.postprocess.ClassesToLabelsd`), strict :func:`load_network`;
+  :mod:`~brats_pipeline.bundle.cases` — :func:`inference_cases`; :mod:`~brats_pipeline.bundle.runner` —
+  :class:`LabelWriter`, :class:`CaseScorer`, :class:`BundleRunner`;
 * :mod:`~brats_pipeline.bundle.specs` — what differs between the four bundles, one
   :class:`BundleSpec` each (:data:`BUNDLES`; the LGG one is the LGG CPU recipe, 2.5D);
-  :mod:`~brats_pipeline.bundle.templates` / :mod:`~brats_pipeline.bundle.docs` — every file
-  of a bundle from its spec;
+  :mod:`~brats_pipeline.bundle.templates` — every file of a bundle from its spec
+  (:mod:`~brats_pipeline.bundle.configs`, :mod:`~brats_pipeline.bundle.metadata`,
+  :mod:`~brats_pipeline.bundle.docs`);
 * :mod:`~brats_pipeline.bundle.tools` — :func:`export_checkpoint`, :func:`verify_bundle`,
   :func:`stack_modalities` (``brats-bundle export|verify|stack``).
 """
 
+from brats_pipeline.bundle.cases import case_id_of, image_files, inference_cases
 from brats_pipeline.bundle.docs import readme
-from brats_pipeline.bundle.inference import (
-    BundleRunner,
-    CaseOutcome,
-    CaseScorer,
-    LabelWriter,
-    RegionsToLabelsd,
-    as_device,
-    case_id_of,
-    image_files,
-    inference_cases,
-    inference_preprocessing,
-    load_network,
-    root_cause,
-)
+from brats_pipeline.bundle.inference import RegionsToLabelsd, as_device, inference_preprocessing, load_network
 from brats_pipeline.bundle.input_checks import CheckChannelsd, SourceFilesd
-from brats_pipeline.bundle.specs import BUNDLES, BundleSpec, get_bundle_spec, spec_from_recipe
-from brats_pipeline.bundle.templates import SCHEMA_URL, check_bundle, render_bundle, write_bundle
+from brats_pipeline.bundle.runner import BundleRunner, CaseOutcome, CaseScorer, LabelWriter, root_cause
+from brats_pipeline.bundle.specs import BUNDLES, SCHEMA_URL, BundleSpec, get_bundle_spec, spec_from_recipe
+from brats_pipeline.bundle.templates import check_bundle, render_bundle, write_bundle
 from brats_pipeline.bundle.tools import (
     CONFIG_FILES,
     MODEL_FILE,

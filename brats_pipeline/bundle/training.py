@@ -23,7 +23,8 @@ from typing import Any
 
 from pytorch_lightning import Callback
 
-from brats_pipeline.bundle.inference import as_device, case_id_of
+from brats_pipeline.bundle.cases import case_id_of
+from brats_pipeline.bundle.inference import as_device
 from brats_pipeline.constants import Task, get_task
 from brats_pipeline.weights import network_state_dict, read_checkpoint, save_state_dict
 

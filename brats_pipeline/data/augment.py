@@ -32,13 +32,13 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from brats_pipeline.data.augmentation_config import AugmentationConfig
 from brats_pipeline.data.elastic import (
     centred_voxels,
     elastic_displacement,
     grid_from_voxels,
     smooth_displacement,
 )
-from brats_pipeline.data.transforms import AugmentationConfig
 
 
 def _rotation_matrices(angles: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ slice. The dimensionality, slice axis and context follow the model attached to t
 (``spatial_dims``, ``slice_axis``, ``context`` here are for use without one, and must agree).
 
 Validation/test loaders yield whole volumes (batch size 1) with an ``eval_weight`` of 1.
-Under DDP each rank gets a disjoint share of the cases (:class:`EvalShardSampler`), so none
+Under DDP each rank gets a disjoint share of the cases
+(:class:`~brats_pipeline.data.loaders.EvalShardSampler`), so none
 is counted twice; a rank left without a case (fewer cases than ranks) gets a copy of one
 with ``eval_weight`` 0, so that every rank runs the validation loop and meets the others in
 its ``all_reduce``, and the copy is not counted.
@@ -37,21 +38,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from brats_pipeline.constants import Task, check_output_mode, get_task
-from brats_pipeline.data.datalist import load_datalist, split_fold
-from brats_pipeline.data.modalities import (
-    check_model_modalities,
-    default_modalities,
-    select_datalist,
-    select_modalities,
-)
+from brats_pipeline.constants import check_output_mode
+from brats_pipeline.data.augmentation_config import AugmentationConfig
+from brats_pipeline.data.fold_cases import fold_cases, read_datalist
+from brats_pipeline.data.loaders import AugmentingCollate, _plain, make_loader
+from brats_pipeline.data.modalities import check_model_modalities
 from brats_pipeline.data.slices import SliceDataset, check_context, check_slice_axis
-from brats_pipeline.data.transforms import (
-    AugmentationConfig,
-    cpu_augmentation,
-    deterministic_transforms,
-    patch_sampling,
-)
+from brats_pipeline.data.transforms import cpu_augmentation, deterministic_transforms, patch_sampling
 
 CACHE_MODES = ("none", "memory", "disk")
 AUGMENTATION_DEVICES = ("auto", "batch", "cpu")
@@ -147,11 +140,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.save_hyperparameters(ignore=["spatial_dims", "slice_axis", "context", "modalities"])
         self._asked = {"spatial_dims": spatial_dims, "slice_axis": slice_axis, "context": context}
         self.datalist_path = str(datalist)
-        self.datalist = load_datalist(datalist)
-        self.task: Task = get_task(self.datalist["task"])
-        names = modalities if modalities is not None else default_modalities(self.datalist, self.task)
-        self.task = select_modalities(self.task, names, f"{datalist}: data.modalities")  # the model records them
-        self.datalist = select_datalist(self.datalist, self.task, self.datalist_path)  # entries: the used files only
+        self.datalist, self.task = read_datalist(datalist, modalities)  # the model records the task's modalities
         self.augmentation = AugmentationConfig.from_any(augmentation)
         self.patch_size = None if patch_size is None else tuple(int(s) for s in patch_size)
         #: resolved in :meth:`setup` (from the model when attached): 2 or 3, slice axis, context
@@ -211,20 +200,7 @@ class BratsDataModule(pl.LightningDataModule):
     # ----------------------------------------------------------------- setup
     def split(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(train, validation) entries of the configured fold."""
-        entries = self.datalist["training"]
-        if not entries:
-            raise ValueError(f"{self.datalist_path}: no labelled cases to train on")
-        fold = self.hparams.fold
-        if fold == -1:
-            train, val = entries, split_fold(entries, 0)[1]
-        else:
-            train, val = split_fold(entries, fold)
-        limit = self.hparams.max_cases
-        if limit is not None:
-            train, val = train[:limit], val[:limit]
-        if not train or not val:
-            raise ValueError(f"{self.datalist_path}: fold {fold} leaves {len(train)} training / {len(val)} validation cases")
-        return train, val
+        return fold_cases(self.datalist["training"], self.hparams.fold, self.hparams.max_cases, self.datalist_path)
 
     def _deterministic(self, with_label: bool = True) -> Any:
         hp = self.hparams
@@ -333,39 +309,20 @@ class BratsDataModule(pl.LightningDataModule):
             self.predict_ds = self._dataset([{k: v for k, v in e.items() if k != "label"} for e in data], self._deterministic(False))
 
     # --------------------------------------------------------------- loaders
-    def _loader(self, dataset: Any, batch_size: int, shuffle: bool, evaluation: bool = False) -> Any:
-        from monai.data import DataLoader, DistributedSampler
-
-        workers = self.hparams.num_workers
-        sampler = None
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if evaluation:
-            dataset = _Weighted(dataset)
-            if distributed:
-                sampler = EvalShardSampler(dataset)
-        elif not shuffle and distributed:
-            sampler = DistributedSampler(dataset, shuffle=False, even_divisible=False)
-        # slices are plain tensors: torch's collate, without MONAI's MetaTensor handling
-        collate = {"collate_fn": torch.utils.data.default_collate} if isinstance(dataset, SliceDataset) else {}
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-            num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), **collate,
-        )
-
     def train_dataloader(self) -> Any:
-        loader = self._loader(self.train_ds, self.hparams.batch_size, shuffle=True)
+        loader = make_loader(self.train_ds, self.hparams.batch_size, self.hparams.num_workers, shuffle=True)
         if self.augments_in_loader():  # batched augmentation inside the worker, beside the training step
             loader.collate_fn = AugmentingCollate(loader.collate_fn, self._make_batch_augment())
         return loader
 
     def val_dataloader(self) -> Any:
-        return self._loader(self.val_ds, 1, shuffle=False, evaluation=True)
+        return make_loader(self.val_ds, 1, self.hparams.num_workers, shuffle=False, evaluation=True)
 
     def test_dataloader(self) -> Any:
-        return self._loader(self.val_ds, 1, shuffle=False, evaluation=True)
+        return make_loader(self.val_ds, 1, self.hparams.num_workers, shuffle=False, evaluation=True)
 
     def predict_dataloader(self) -> Any:
-        return self._loader(self.predict_ds, 1, shuffle=False)
+        return make_loader(self.predict_ds, 1, self.hparams.num_workers, shuffle=False)
 
     # ---------------------------------------------------------- augmentation
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -389,66 +346,3 @@ class BratsDataModule(pl.LightningDataModule):
             spacing = tuple(s for a, s in enumerate(spacing) if a != self.slice_axis)
         classes = self.task.n_classes if self.output_mode == "softmax" else None  # class-index labels stay exact
         return BatchAugment(self.augmentation, out_size=self.patch_size, spacing=spacing, classes=classes)
-
-
-def _plain(x: Any) -> torch.Tensor:
-    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-
-
-class AugmentingCollate:
-    """Collate a training batch, then augment it with a :class:`BatchAugment` (in the loader worker).
-
-    Args:
-        collate: the loader's collate function.
-        augment: the batch augmentation; the batch's ``image`` and ``label`` leave as plain tensors.
-    """
-
-    def __init__(self, collate: Any, augment: Any) -> None:
-        self.collate, self.augment = collate, augment
-
-    def __call__(self, samples: Any) -> Any:
-        batch = self.collate(samples)
-        image, label = self.augment(_plain(batch["image"]), _plain(batch["label"]))
-        return {**batch, "image": image, "label": label}
-
-
-class _Weighted(torch.utils.data.Dataset):
-    """An evaluation dataset whose items carry ``eval_weight``: 1, or 0 for an index past the end.
-
-    Index ``len + k`` is a copy of case ``k`` with weight 0: :class:`EvalShardSampler` hands
-    it to a rank that has no case of its own.
-    """
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        n = len(self.dataset)
-        item = self.dataset[index % n]
-        return {**item, "eval_weight": 1.0 if index < n else 0.0}
-
-
-class EvalShardSampler(torch.utils.data.DistributedSampler):
-    """Rank ``r`` of ``W`` evaluates cases ``r, r + W, ...``: disjoint shares, none padded or repeated.
-
-    A rank with no case (fewer cases than ranks) gets index ``len(dataset) + r % len``, which
-    :class:`_Weighted` turns into a weight-0 copy: every rank then runs the loop (Lightning
-    skips a loop with no batches, which would leave the other ranks waiting in the metric
-    ``all_reduce``) and nothing is counted twice. A subclass of ``DistributedSampler``, so
-    Lightning does not wrap it in another one.
-    """
-
-    def __init__(self, dataset: Any, num_replicas: int | None = None, rank: int | None = None) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        n = len(dataset)
-        self.indices = list(range(self.rank, n, self.num_replicas)) or ([n + self.rank % n] if n else [])
-        self.num_samples = len(self.indices)
-
-    def __iter__(self) -> Any:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return self.num_samples

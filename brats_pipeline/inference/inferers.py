@@ -14,6 +14,10 @@ logits ``(B, R, X, Y, Z)`` on the same grid, whatever the network's dimensionali
 Used by :class:`~brats_pipeline.module.BratsSegmentationModule` (validation) and
 :class:`~brats_pipeline.inference.Predictor`; a MONAI bundle can name :func:`build_inferer` as
 its ``inferer`` (``"_target_": "brats_pipeline.inference.inferers.build_inferer"``).
+
+What the inferer needs from the networks is read off them here too: :func:`shared_spatial_dims`
+(the dimensionality of an ensemble) and :func:`slice_context` (a 2D network's 2.5D neighbours, from
+its input channels).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from typing import Any
 
 import torch
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+from torch import nn
 
+from brats_pipeline.constants import Task
 from brats_pipeline.data.slices import check_context, check_slice_axis, in_plane, stack_context
 
 BLEND_MODES = ("gaussian", "constant")
@@ -108,4 +114,41 @@ def build_inferer(
     return SliceInferer(spatial_dim=slice_axis, roi_size=roi, **common)
 
 
-__all__ = ["BLEND_MODES", "ContextSliceInferer", "build_inferer"]
+def shared_spatial_dims(networks: Sequence[nn.Module], spatial_dims: int | None) -> int:
+    """The dimensionality shared by ``networks`` (read off their convolutions unless given)."""
+    from brats_pipeline.networks import spatial_dims_of
+
+    if spatial_dims is not None:
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        return int(spatial_dims)
+    dims = {spatial_dims_of(n, default=0) for n in networks} - {0}
+    if len(dims) > 1:
+        raise ValueError(f"ensemble members must share one dimensionality, got {sorted(dims)}D networks")
+    return dims.pop() if dims else 3
+
+
+def slice_context(network: nn.Module, task: Task, context: int | None) -> int:
+    """2.5D neighbours per side of a 2D network: given, or from its input channels (``modalities * (2k + 1)``)."""
+    from brats_pipeline.networks import input_channels_of
+
+    n = len(task.modalities)
+    channels = input_channels_of(network)
+    if context is None:
+        if channels is None or channels == n:
+            return 0
+        if channels % n or (channels // n) % 2 == 0:
+            raise ValueError(
+                f"{type(network).__name__} takes {channels} input channels; task {task.name} has {n} modalities, "
+                f"so a 2D network needs {n} (2D) or {n} x (2k + 1) (2.5D with k neighbours each side)"
+            )
+        return (channels // n - 1) // 2
+    if channels is not None and channels != n * (2 * int(context) + 1):
+        raise ValueError(
+            f"context={context} feeds {n * (2 * int(context) + 1)} channels ({n} modalities x {2 * int(context) + 1} slices), "
+            f"but {type(network).__name__} takes {channels}"
+        )
+    return int(context)
+
+
+__all__ = ["BLEND_MODES", "ContextSliceInferer", "build_inferer", "shared_spatial_dims", "slice_context"]

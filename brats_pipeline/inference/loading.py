@@ -7,7 +7,9 @@ NaN/Inf, constant — an all-zero modality is an empty scan, not something to pr
 about the time of one — and assembled into a ``C×X×Y×Z`` ``MetaTensor`` carrying the first
 file's affine, exactly as ``LoadImaged(ensure_channel_first=True)`` would. The remaining
 steps are :func:`brats_pipeline.data.transforms.deterministic_transforms` without its loading
-step, so inference sees what training saw, and ``Invertd`` can undo the spatial steps.
+step, so inference sees what training saw, and ``Invertd`` can undo the spatial steps:
+:func:`prepare_case` runs the transforms on a case, :func:`invert_probabilities` maps the
+network's output back onto the input's grid.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from brats_pipeline.constants import Task, get_task
-from brats_pipeline.data.modalities import base_task, channel_indices
+from brats_pipeline.data.modalities import base_task, channel_indices, select_case
 
 
 class ParallelLoadImaged:
@@ -150,3 +152,39 @@ def case_id_of(case: Mapping[Hashable, Any]) -> str:
 
     first = Path(image_files(case)[0])
     return first.parent.name if len(image_files(case)) > 1 else strip_nifti_suffix(first.name)
+
+
+def prepare_case(transform: Any, case: Mapping[Hashable, Any], task: Task) -> dict[Hashable, Any]:
+    """Run ``transform`` (:func:`inference_transforms`) on a case; a modality subset reads only its files.
+
+    A MONAI ``RuntimeError("applying transform ...")`` is unwrapped: its cause is raised (a
+    :class:`preprocessing.io.ImageFileError` naming the file, ...).
+    """
+    try:
+        return transform(select_case(case, task))  # a modality subset: only its files
+    except RuntimeError as exc:  # MONAI wraps errors as "applying transform ..."; surface the cause
+        cause: BaseException = exc
+        while str(cause).startswith("applying transform") and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if cause is exc:
+            raise
+        raise cause from None
+
+
+def invert_probabilities(transform: Any, data: Mapping[Hashable, Any], probabilities: Any) -> Any:
+    """``(R, X', Y', Z')`` probabilities on the network's grid -> ``(R, X, Y, Z)`` float32 on the input's grid.
+
+    MONAI ``Invertd`` with ``transform``, the very ``Compose`` that prepared ``data["image"]``
+    (undoing crop, resampling — linear interpolation of the probabilities — and orientation).
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    image = data["image"]
+    inverter = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=False, to_tensor=True)
+    out = inverter({"image": image, "pred": MetaTensor(probabilities)})["pred"]
+    out = out.as_tensor() if hasattr(out, "as_tensor") else out
+    expected = tuple(int(s) for s in image.meta["spatial_shape"])
+    if tuple(out.shape[1:]) != expected:
+        raise RuntimeError(f"{image.meta.get('filename_or_obj')}: inverted prediction has shape {tuple(out.shape[1:])}, input {expected}")
+    return out.float()

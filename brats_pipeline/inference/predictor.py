@@ -24,17 +24,19 @@ a 3D network sees sliding windows of the volume; a 2D network sees its slices al
 ``slice_axis`` (with ``context`` neighbours each side as channels for 2.5D), and the slices
 are stacked back into the volume before the same inversion into the input's geometry. Any
 MONAI ``Inferer`` may be injected instead (``inferer=``).
+
+This module holds the predictor itself; its parts live beside it: :mod:`~brats_pipeline.inference.sources`
+(its constructors from checkpoints, state dicts and bundles), :mod:`~brats_pipeline.inference.loading` (reading,
+preparing and inverting a case), :mod:`~brats_pipeline.inference.outputs` (TTA and ensemble averaging,
+probabilities to labels) and :mod:`~brats_pipeline.inference.inferers` (the inferer, and what it reads
+off the networks).
 """
 
 from __future__ import annotations
 
-import itertools
-import os
 import threading
 import time
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,37 +44,20 @@ import torch
 from torch import nn
 
 from brats_pipeline.constants import Task, check_output_mode, get_task
-from brats_pipeline.data.modalities import is_subset, select_case, select_modalities
-from brats_pipeline.inference.inferers import BLEND_MODES, build_inferer
-from brats_pipeline.inference.postprocess import (
-    PostprocessConfig,
-    check_softmax_config,
-    postprocess,
-    postprocess_classes,
+from brats_pipeline.data.modalities import is_subset, select_modalities
+from brats_pipeline.inference.inferers import BLEND_MODES, build_inferer, shared_spatial_dims, slice_context
+from brats_pipeline.inference.loading import invert_probabilities, prepare_case
+from brats_pipeline.inference.outputs import (
+    CasePrediction,
+    average_probabilities,
+    labels_from_probabilities,
+    tta_flips,
 )
+from brats_pipeline.inference.postprocess import PostprocessConfig, check_softmax_config
+from brats_pipeline.inference.sources import FromSavedWeights
 
 
-@dataclass
-class CasePrediction:
-    """The result of one case.
-
-    Attributes:
-        case_id: the case.
-        label: the task's label map (X, Y, Z) uint8 on the input's grid.
-        affine: 4x4 voxel-to-RAS (mm) of the input (and of ``label``).
-        probabilities: region probabilities (R, X, Y, Z) float32 on the input's grid, if asked for
-            (softmax output mode: class probabilities (C, X, Y, Z)).
-        seconds: time spent per stage (``read``, ``compute``, ``postprocess``).
-    """
-
-    case_id: str
-    label: np.ndarray
-    affine: np.ndarray
-    probabilities: np.ndarray | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-class Predictor:
+class Predictor(FromSavedWeights):
     """Sliding-window (3D) or slice-by-slice (2D, 2.5D) inference with TTA and ensembles, output in the input's geometry.
 
     Args:
@@ -148,9 +133,9 @@ class Predictor:
         nets = [networks] if isinstance(networks, nn.Module) else list(networks)
         if not nets or not all(isinstance(n, nn.Module) for n in nets):
             raise ValueError(f"networks must be one nn.Module or a non-empty list of them, got {networks!r}")
-        self.spatial_dims = _spatial_dims(nets, spatial_dims)
+        self.spatial_dims = shared_spatial_dims(nets, spatial_dims)
         self.slice_axis = int(slice_axis)
-        self.context = _context(nets[0], self.task, context) if self.spatial_dims == 2 else int(context or 0)
+        self.context = slice_context(nets[0], self.task, context) if self.spatial_dims == 2 else int(context or 0)
         if not 0 <= float(overlap) < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if blend_mode not in BLEND_MODES:
@@ -197,122 +182,6 @@ class Predictor:
         self._lock = threading.Lock()  # lazy set-up is shared by loader threads
         self.sources: list[str] = []  # where the weights came from (for manifests)
 
-    # ------------------------------------------------------------ constructors
-    @classmethod
-    def from_checkpoint(
-        cls, paths: str | os.PathLike | Sequence[str | os.PathLike], device: str | torch.device | None = None, **overrides: Any
-    ) -> Predictor:
-        """Load one Lightning checkpoint, or several as an ensemble (e.g. the 5 folds).
-
-        The network is rebuilt from what the checkpoint says it holds
-        (:func:`network_from_checkpoint`: ``checkpoint["network"]``, else the hyper-parameters)
-        and its weights are loaded strictly, whether it was trained by ``brats-train``, a MONAI
-        bundle's ``train.json`` (a ``network_def`` of any registry network) or Python code.
-        Sliding-window settings (``roi_size``, ``sw_batch_size``, ``overlap``, ``blend_mode``,
-        and ``slice_axis``/``context`` of 2D networks) come from the (first) module's
-        hyper-parameters, and the preprocessing (``spacing``, ``orientation``,
-        ``crop_foreground``) from the data module's, so inference sees what training saw;
-        keyword ``overrides`` replace any of them.
-
-        Raises:
-            FileNotFoundError: a checkpoint is missing.
-            ValueError: unreadable checkpoint, a network it does not describe (see
-                :func:`network_from_checkpoint`), weights that do not fit, or ensemble members of
-                different tasks or preprocessing.
-        """
-        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        if not paths:
-            raise ValueError("from_checkpoint needs at least one checkpoint")
-        from brats_pipeline.weights import checkpoint_settings, network_from_checkpoint, read_checkpoint
-
-        networks, settings = [], []
-        for path in map(Path, paths):
-            ckpt = read_checkpoint(path)
-            networks.append(network_from_checkpoint(ckpt, str(path)))
-            settings.append(checkpoint_settings(ckpt, str(path)))
-        first = settings[0]
-        for path, s in zip(paths[1:], settings[1:]):
-            for key in ("task", "modalities", "spacing", "orientation", "crop_foreground", "output_mode"):
-                if s[key] != first[key] and key not in overrides:
-                    raise ValueError(f"{path}: ensemble member has {key}={s[key]!r}, but {paths[0]} has {first[key]!r}")
-        kwargs = {**first, **overrides}
-        predictor = cls(networks, device=device, **kwargs)
-        predictor.sources = [str(p) for p in paths]
-        return predictor
-
-    @classmethod
-    def from_state_dict(
-        cls,
-        network: str | nn.Module,
-        weights_path: str | os.PathLike | Sequence[str | os.PathLike],
-        task: str | Task,
-        network_kwargs: Mapping[str, Any] | None = None,
-        device: str | torch.device | None = None,
-        **kwargs: Any,
-    ) -> Predictor:
-        """A network from the registry (or a module) with weights from plain state-dict file(s).
-
-        This is what a MONAI bundle holds (``models/model.pt``: ``torch.save(net.state_dict())``).
-        Weights load **strictly** (a prefixed or foreign state dict is an error, never silently
-        random weights); a Lightning checkpoint's ``state_dict`` with ``network.`` keys is accepted.
-
-        Args:
-            network: registry name (``unet3d`` ...) built for the task's channels (times
-                ``2 * context + 1`` for a 2.5D ``context`` in ``kwargs``), or an ``nn.Module``.
-            weights_path: one file, or several for an ensemble (one network per file).
-            task: task name or :class:`Task`.
-            network_kwargs: options for :func:`brats_pipeline.networks.build_network`.
-            device: as in :class:`Predictor`.
-            **kwargs: other :class:`Predictor` arguments (``roi_size``, ``overlap`` ...).
-        """
-        import copy
-
-        from brats_pipeline.weights import load_state_dict_strict
-
-        task = select_modalities(get_task(task), kwargs.get("modalities"))
-        files = [weights_path] if isinstance(weights_path, (str, os.PathLike)) else list(weights_path)
-        if not files:
-            raise ValueError("from_state_dict needs at least one weights file")
-        networks = []
-        for path in files:
-            if isinstance(network, nn.Module):
-                net = copy.deepcopy(network)
-            else:
-                from brats_pipeline.networks import build_network
-
-                in_channels = len(task.modalities) * (2 * int(kwargs.get("context") or 0) + 1)
-                out_channels = task.output_channels(kwargs.get("output_mode") or "sigmoid")
-                net = build_network(network, in_channels, out_channels, **dict(network_kwargs or {}))
-            load_state_dict_strict(net, path)
-            networks.append(net)
-        predictor = cls(networks, task, device=device, **kwargs)
-        predictor.sources = [str(p) for p in files]
-        return predictor
-
-    @classmethod
-    def from_bundle(cls, bundle_dir: str | os.PathLike, device: str | torch.device | None = None, **overrides: Any) -> Predictor:
-        """A MONAI bundle: ``configs/inference.json`` (``network_def``, ``task``, ``inferer``) + ``models/model.pt``.
-
-        ``network_def`` is instantiated with MONAI's ``ConfigParser`` and the weights loaded
-        strictly with :meth:`from_state_dict`. The task comes from ``task`` in
-        ``inference.json`` (or ``metadata.json``) unless given in ``overrides``; ``roi_size``,
-        ``sw_batch_size``, ``overlap``, ``mode`` and, for 2D networks, ``slice_axis`` (or MONAI
-        ``SliceInferer``'s ``spatial_dim``) and ``context`` of ``inferer`` and ``spacing``, ``orientation``
-        and ``crop_foreground`` of ``preprocessing`` are used when present (``@`` references
-        resolved), so the bundle's own settings apply.
-
-        Raises:
-            FileNotFoundError: a required bundle file is missing.
-            ValueError: no task, or a config that does not build a network.
-        """
-        from brats_pipeline.weights import read_bundle
-
-        root = Path(bundle_dir)
-        network, weights, task, settings = read_bundle(root, overrides.pop("task", None))
-        predictor = cls.from_state_dict(network, weights, task, device=device, **{**settings, **overrides})
-        predictor.sources = [str(root)]
-        return predictor
-
     # ------------------------------------------------------------- description
     def describe(self) -> dict[str, Any]:
         """The settings, JSON-friendly (written into manifests)."""
@@ -345,8 +214,7 @@ class Predictor:
 
     def _flip_dims(self) -> list[tuple[int, ...]]:
         """Mirror combinations as tensor dims of a (B, C, X, Y, Z) batch; ``()`` is the identity."""
-        dims = [a + 2 for a in self.tta_axes]
-        return [c for k in range(len(dims) + 1) for c in itertools.combinations(dims, k)]
+        return tta_flips(self.tta_axes)
 
     @property
     def inferer(self) -> Any:
@@ -393,16 +261,9 @@ class Predictor:
                 f"({', '.join(self.task.modality_names)})"
             )
         x = x.to(self.device, torch.float32, non_blocking=True)
-        total: torch.Tensor | None = None
-        count = 0
         with torch.inference_mode():
-            for i in range(len(self.networks)):
-                for flip in self._flip_dims():
-                    logits = self.predict_logits(x, i, flip)
-                    p = torch.softmax(logits, 1) if self.output_mode == "softmax" else torch.sigmoid(logits)
-                    total = p if total is None else total.add_(p)
-                    count += 1
-            probs = total / count
+            probs = average_probabilities(lambda i, flip: self.predict_logits(x, i, flip), len(self.networks),
+                                          self._flip_dims(), self.output_mode)
         if probs.shape[1] != self.task.output_channels(self.output_mode):
             raise ValueError(f"the network outputs {probs.shape[1]} channels, but output_mode {self.output_mode!r} of "
                              f"task {self.task.name} needs {self.task.output_channels(self.output_mode)}")
@@ -440,16 +301,7 @@ class Predictor:
             preprocessing.io.ImageFileError: a file is missing, truncated, not 3D/4D, has NaN/Inf,
                 or the modalities are on different grids.
         """
-        transform = self._get_transform()
-        try:
-            return transform(select_case(case, self.task))  # a modality subset: only its files
-        except RuntimeError as exc:  # MONAI wraps errors as "applying transform ..."; surface the cause
-            cause: BaseException = exc
-            while str(cause).startswith("applying transform") and cause.__cause__ is not None:
-                cause = cause.__cause__
-            if cause is exc:
-                raise
-            raise cause from None
+        return prepare_case(self._get_transform(), case, self.task)
 
     def invert(self, data: Mapping[Hashable, Any], probabilities: torch.Tensor) -> torch.Tensor:
         """Map ``(R, X', Y', Z')`` probabilities from the network's grid back onto the input's grid.
@@ -460,17 +312,7 @@ class Predictor:
         Returns:
             ``(R, X, Y, Z)`` float32 on the same device as ``probabilities``.
         """
-        from monai.data import MetaTensor
-        from monai.transforms import Invertd
-
-        image = data["image"]
-        inverter = Invertd(keys="pred", transform=self._get_transform(), orig_keys="image", nearest_interp=False, to_tensor=True)
-        out = inverter({"image": image, "pred": MetaTensor(probabilities)})["pred"]
-        out = out.as_tensor() if hasattr(out, "as_tensor") else out
-        expected = tuple(int(s) for s in image.meta["spatial_shape"])
-        if tuple(out.shape[1:]) != expected:
-            raise RuntimeError(f"{image.meta.get('filename_or_obj')}: inverted prediction has shape {tuple(out.shape[1:])}, input {expected}")
-        return out.float()
+        return invert_probabilities(self._get_transform(), data, probabilities)
 
     def labels_from_probabilities(self, probabilities: torch.Tensor) -> np.ndarray:
         """Post-process ``(R, X, Y, Z)`` probabilities into the task's label map (X, Y, Z) uint8.
@@ -478,15 +320,7 @@ class Predictor:
         Thresholding alone runs on the probabilities' device; any other enabled step runs
         on the CPU (scipy).
         """
-        cfg = self.postprocess_config
-        if self.output_mode == "softmax":  # class probabilities: argmax (on their device), label values
-            return postprocess_classes(probabilities, self.task, cfg)
-        only_threshold = not (cfg.opening_radius or cfg.closing_radius or cfg.min_component_voxels or cfg.keep_largest or cfg.et_min_voxels)
-        if only_threshold and torch.is_tensor(probabilities):
-            t = torch.as_tensor(np.broadcast_to(np.asarray(cfg.threshold, dtype=np.float32), (probabilities.shape[0],)).copy())
-            regions = probabilities > t.to(probabilities.device).view(-1, 1, 1, 1)
-            return self.task.regions_to_labels(regions).cpu().numpy().astype(np.uint8)
-        return postprocess(probabilities, self.task, cfg)
+        return labels_from_probabilities(probabilities, self.task, self.postprocess_config, self.output_mode)
 
     def predict_case(self, case: Mapping[Hashable, Any], return_probabilities: bool = False) -> CasePrediction:
         """Read, predict, invert and post-process one case (nothing is written).
@@ -532,41 +366,4 @@ class Predictor:
         self.close()
 
 
-def _spatial_dims(networks: Sequence[nn.Module], spatial_dims: int | None) -> int:
-    """The dimensionality shared by ``networks`` (read off their convolutions unless given)."""
-    from brats_pipeline.networks import spatial_dims_of
-
-    if spatial_dims is not None:
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-        return int(spatial_dims)
-    dims = {spatial_dims_of(n, default=0) for n in networks} - {0}
-    if len(dims) > 1:
-        raise ValueError(f"ensemble members must share one dimensionality, got {sorted(dims)}D networks")
-    return dims.pop() if dims else 3
-
-
-def _context(network: nn.Module, task: Task, context: int | None) -> int:
-    """2.5D neighbours per side of a 2D network: given, or from its input channels (``modalities * (2k + 1)``)."""
-    from brats_pipeline.networks import input_channels_of
-
-    n = len(task.modalities)
-    channels = input_channels_of(network)
-    if context is None:
-        if channels is None or channels == n:
-            return 0
-        if channels % n or (channels // n) % 2 == 0:
-            raise ValueError(
-                f"{type(network).__name__} takes {channels} input channels; task {task.name} has {n} modalities, "
-                f"so a 2D network needs {n} (2D) or {n} x (2k + 1) (2.5D with k neighbours each side)"
-            )
-        return (channels // n - 1) // 2
-    if channels is not None and channels != n * (2 * int(context) + 1):
-        raise ValueError(
-            f"context={context} feeds {n * (2 * int(context) + 1)} channels ({n} modalities x {2 * int(context) + 1} slices), "
-            f"but {type(network).__name__} takes {channels}"
-        )
-    return int(context)
-
-
-__all__ = ["BLEND_MODES", "CasePrediction", "Predictor"]
+__all__ = ["BLEND_MODES", "Predictor"]

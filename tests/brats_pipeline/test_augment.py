@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from brats_pipeline.data.augment import BatchAugment
-from brats_pipeline.data.transforms import AugmentationConfig, cpu_augmentation
+from brats_pipeline.data.augmentation_config import AugmentationConfig
+from brats_pipeline.data.transforms import cpu_augmentation
 
 MAGNITUDE = 4.0  # voxels
 SHAPES = {3: (40, 40, 32), 2: (96, 80)}

@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from brats_pipeline.data.augment import BatchAugment
+from brats_pipeline.data.augmentation_config import AugmentationConfig
 from brats_pipeline.data.elastic import smooth_displacement
-from brats_pipeline.data.transforms import AugmentationConfig, cpu_augmentation
+from brats_pipeline.data.transforms import cpu_augmentation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -253,7 +253,8 @@ def test_a_datalist_built_for_a_subset_trains_on_it_by_default(trained: dict, tm
 # --------------------------------------------------------------------------------- bundles
 def test_a_bundle_for_a_subset_loads_and_describes_three_channels(trained: dict, tmp_path: Path) -> None:
     import brats_pipeline.bundle as bb
-    from brats_pipeline.bundle.templates import inference_config, metadata, train_config
+    from brats_pipeline.bundle.configs import inference_config, train_config
+    from brats_pipeline.bundle.metadata import metadata
     from brats_pipeline.inference import Predictor
     from brats_pipeline.networks import build_network
 

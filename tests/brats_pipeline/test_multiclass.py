@@ -166,7 +166,7 @@ def test_softmax_targets_are_class_indices(brats_cohort, tmp_path: Path) -> None
 
 def test_batch_augment_keeps_class_labels_exact() -> None:
     from brats_pipeline.data.augment import BatchAugment
-    from brats_pipeline.data.transforms import AugmentationConfig
+    from brats_pipeline.data.augmentation_config import AugmentationConfig
 
     torch.manual_seed(0)
     coarse = torch.randn(2, 1, 5, 5, 4)
@@ -304,8 +304,9 @@ def test_softmax_bundle_runs_monai_bundle_inference(brats_cohort, tmp_path: Path
     from monai.bundle import run, verify_metadata
 
     import brats_pipeline.bundle as bb
+    from brats_pipeline.bundle.configs import inference_config, train_config
+    from brats_pipeline.bundle.metadata import metadata
     from brats_pipeline.bundle.specs import SCHEMA_FILE
-    from brats_pipeline.bundle.templates import inference_config, metadata, train_config
     from brats_pipeline.inference import Predictor
     from brats_pipeline.networks import build_network
 

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from brats_pipeline.cli.train import CONFIG_DIR
 from brats_pipeline.cli.train import main as train_main
 from brats_pipeline.data.augment import BatchAugment
+from brats_pipeline.data.augmentation_config import AugmentationConfig
 from brats_pipeline.data.datalist import build_datalist, write_datalist
 from brats_pipeline.data.synthetic import write_cohort
-from brats_pipeline.data.transforms import AugmentationConfig, cpu_augmentation
+from brats_pipeline.data.transforms import cpu_augmentation
 from brats_pipeline.module import BratsSegmentationModule
 
 THRESHOLD = 0.2
@@ -321,7 +322,7 @@ def test_lgg_config_trains_on_the_real_data(lgg_dir: Path, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("cases,ranks", [(3, 2), (3, 4), (1, 2), (5, 5)])
 def test_evaluation_shards_are_disjoint_and_every_rank_gets_a_batch(cases: int, ranks: int) -> None:
-    from brats_pipeline.data.datamodule import EvalShardSampler, _Weighted
+    from brats_pipeline.data.loaders import EvalShardSampler, _Weighted
 
     dataset = _Weighted([{"case_id": f"c{i}"} for i in range(cases)])
     counted = []

@@ -1,0 +1,109 @@
+"""The data module's loaders: evaluation shared out over DDP ranks, batch augmentation in the loader worker.
+
+:func:`make_loader` builds a MONAI ``DataLoader``. Validation/test loaders yield whole volumes
+(batch size 1) with an ``eval_weight`` of 1 (:class:`_Weighted`); under DDP each rank gets a
+disjoint share of the cases (:class:`EvalShardSampler`), and a rank left without a case gets a
+weight-0 copy of one (see :mod:`brats_pipeline.data.datamodule`). :class:`AugmentingCollate`
+augments each collated training batch inside the loader's worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from brats_pipeline.data.slices import SliceDataset
+
+
+def make_loader(dataset: Any, batch_size: int, num_workers: int, shuffle: bool, evaluation: bool = False) -> Any:
+    """A MONAI ``DataLoader`` over ``dataset`` (slices: torch's collate; volumes: MONAI's).
+
+    Args:
+        dataset: a dataset of the data module (a :class:`~brats_pipeline.data.slices.SliceDataset` or volumes).
+        batch_size: items per batch.
+        num_workers: loader worker processes (kept between epochs when > 0).
+        shuffle: shuffle every epoch (training); otherwise, under DDP, each rank gets its share in order.
+        evaluation: whole-volume validation/test: items carry ``eval_weight``, one disjoint share of
+            the cases per DDP rank (:class:`EvalShardSampler`).
+    """
+    from monai.data import DataLoader, DistributedSampler
+
+    workers = num_workers
+    sampler = None
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if evaluation:
+        dataset = _Weighted(dataset)
+        if distributed:
+            sampler = EvalShardSampler(dataset)
+    elif not shuffle and distributed:
+        sampler = DistributedSampler(dataset, shuffle=False, even_divisible=False)
+    # slices are plain tensors: torch's collate, without MONAI's MetaTensor handling
+    collate = {"collate_fn": torch.utils.data.default_collate} if isinstance(dataset, SliceDataset) else {}
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), **collate,
+    )
+
+
+def _plain(x: Any) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+class AugmentingCollate:
+    """Collate a training batch, then augment it with a :class:`BatchAugment` (in the loader worker).
+
+    Args:
+        collate: the loader's collate function.
+        augment: the batch augmentation; the batch's ``image`` and ``label`` leave as plain tensors.
+    """
+
+    def __init__(self, collate: Any, augment: Any) -> None:
+        self.collate, self.augment = collate, augment
+
+    def __call__(self, samples: Any) -> Any:
+        batch = self.collate(samples)
+        image, label = self.augment(_plain(batch["image"]), _plain(batch["label"]))
+        return {**batch, "image": image, "label": label}
+
+
+class _Weighted(torch.utils.data.Dataset):
+    """An evaluation dataset whose items carry ``eval_weight``: 1, or 0 for an index past the end.
+
+    Index ``len + k`` is a copy of case ``k`` with weight 0: :class:`EvalShardSampler` hands
+    it to a rank that has no case of its own.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        n = len(self.dataset)
+        item = self.dataset[index % n]
+        return {**item, "eval_weight": 1.0 if index < n else 0.0}
+
+
+class EvalShardSampler(torch.utils.data.DistributedSampler):
+    """Rank ``r`` of ``W`` evaluates cases ``r, r + W, ...``: disjoint shares, none padded or repeated.
+
+    A rank with no case (fewer cases than ranks) gets index ``len(dataset) + r % len``, which
+    :class:`_Weighted` turns into a weight-0 copy: every rank then runs the loop (Lightning
+    skips a loop with no batches, which would leave the other ranks waiting in the metric
+    ``all_reduce``) and nothing is counted twice. A subclass of ``DistributedSampler``, so
+    Lightning does not wrap it in another one.
+    """
+
+    def __init__(self, dataset: Any, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        n = len(dataset)
+        self.indices = list(range(self.rank, n, self.num_replicas)) or ([n + self.rank % n] if n else [])
+        self.num_samples = len(self.indices)
+
+    def __iter__(self) -> Any:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return self.num_samples
