@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from brats_pipeline.constants import Task
+from brats_pipeline.data.slices import plain_tensor
 
 
 class ValidationSums:
@@ -64,14 +65,14 @@ class ValidationSums:
 
         softmax = self.output_mode == "softmax"
         if softmax:  # the argmax label map: its regions, then one mask per label
-            pred_classes, true_classes = _plain(logits).argmax(1, keepdim=True), _plain(label).round().long()
+            pred_classes, true_classes = plain_tensor(logits).argmax(1, keepdim=True), plain_tensor(label).round().long()
             pred, truth = class_masks(pred_classes, self.task), class_masks(true_classes, self.task)
         else:
             pred = (torch.sigmoid(logits) > 0.5).float()
             truth = (label > 0.5).float()
         dice = compute_dice(pred, truth, include_background=True, ignore_empty=False)  # (B, R [+ labels])
         # the training loss on each whole volume's logits: val/loss
-        logits, target = _plain(logits), _plain(label).to(logits.dtype)
+        logits, target = plain_tensor(logits), plain_tensor(label).to(logits.dtype)
         loss = torch.stack([loss_fn(logits[b : b + 1], target[b : b + 1]) for b in range(logits.shape[0])])
         # 0 for the copy a DDP rank without a case of its own evaluates (BratsDataModule.EvalShardSampler)
         weight = torch.ones(dice.shape[0]) if eval_weight is None else torch.as_tensor(eval_weight).reshape(-1)
@@ -91,7 +92,7 @@ class ValidationSums:
             from brats_pipeline.metrics import brats_hd95
 
             spacing = _spacing_of(image)
-            masks_p, masks_t = _plain(pred).bool().cpu().numpy(), _plain(truth).bool().cpu().numpy()
+            masks_p, masks_t = plain_tensor(pred).bool().cpu().numpy(), plain_tensor(truth).bool().cpu().numpy()
             for b in range(pred.shape[0]):
                 if weight[b] == 0:
                     continue
@@ -137,11 +138,6 @@ def class_masks(classes: torch.Tensor, task: Task) -> torch.Tensor:
     sets = [[values.index(v) for v in sorted(r.labels)] for r in task.regions]
     sets += [[c] for c in range(1, len(values))]
     return torch.cat([torch.isin(classes, torch.tensor(s, device=classes.device)) for s in sets], 1).float()
-
-
-def _plain(x: Any) -> torch.Tensor:
-    """A plain tensor (a MONAI ``MetaTensor`` without its metadata)."""
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
 
 
 def _spacing_of(image: Any) -> list[float] | None:

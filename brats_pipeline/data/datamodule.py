@@ -41,9 +41,9 @@ import torch
 from brats_pipeline.constants import check_output_mode
 from brats_pipeline.data.augmentation_config import AugmentationConfig
 from brats_pipeline.data.fold_cases import fold_cases, read_datalist
-from brats_pipeline.data.loaders import AugmentingCollate, _plain, make_loader
+from brats_pipeline.data.loaders import AugmentingCollate, make_loader
 from brats_pipeline.data.modalities import check_model_modalities
-from brats_pipeline.data.slices import SliceDataset, check_context, check_slice_axis
+from brats_pipeline.data.slices import SliceDataset, check_context, check_slice_axis, plain_tensor
 from brats_pipeline.data.transforms import cpu_augmentation, deterministic_transforms, patch_sampling
 
 CACHE_MODES = ("none", "memory", "disk")
@@ -331,7 +331,7 @@ class BratsDataModule(pl.LightningDataModule):
             return batch
         if self.augments_in_loader():
             return batch  # already augmented by the loader's worker (AugmentingCollate)
-        image, label = _plain(batch["image"]), _plain(batch["label"])  # no MetaTensor bookkeeping in the hot loop
+        image, label = plain_tensor(batch["image"]), plain_tensor(batch["label"])  # no MetaTensor bookkeeping in the hot loop
         if self.uses_batch_augmentation():
             if self._batch_augment is None:
                 self._batch_augment = self._make_batch_augment()

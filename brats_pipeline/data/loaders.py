@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from brats_pipeline.data.slices import SliceDataset
+from brats_pipeline.data.slices import SliceDataset, plain_tensor
 
 
 def make_loader(dataset: Any, batch_size: int, num_workers: int, shuffle: bool, evaluation: bool = False) -> Any:
@@ -46,10 +46,6 @@ def make_loader(dataset: Any, batch_size: int, num_workers: int, shuffle: bool, 
     )
 
 
-def _plain(x: Any) -> torch.Tensor:
-    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-
-
 class AugmentingCollate:
     """Collate a training batch, then augment it with a :class:`BatchAugment` (in the loader worker).
 
@@ -63,7 +59,7 @@ class AugmentingCollate:
 
     def __call__(self, samples: Any) -> Any:
         batch = self.collate(samples)
-        image, label = self.augment(_plain(batch["image"]), _plain(batch["label"]))
+        image, label = self.augment(plain_tensor(batch["image"]), plain_tensor(batch["label"]))
         return {**batch, "image": image, "label": label}
 
 

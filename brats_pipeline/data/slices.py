@@ -168,7 +168,7 @@ class SliceDataset(torch.utils.data.Dataset):
         empty: list[tuple[int, int]] = []
         for v in range(len(volumes)):  # a MONAI Dataset decodes each volume here, once
             volume = volumes[v]
-            image, label = _plain(volume["image"]), _plain(volume["label"])
+            image, label = plain_tensor(volume["image"]), plain_tensor(volume["label"])
             if image.ndim != 4 or label.ndim != 4 or image.shape[1:] != label.shape[1:]:
                 source = _source(volume["image"])
                 raise ValueError(f"{source}: expected image C×X×Y×Z and label R×X×Y×Z on one grid, got {tuple(image.shape)} and {tuple(label.shape)}")
@@ -223,7 +223,8 @@ class SliceDataset(torch.utils.data.Dataset):
         return {"image": image_slice.contiguous(), "label": label_slice.contiguous()}
 
 
-def _plain(x: Any) -> torch.Tensor:
+def plain_tensor(x: Any) -> torch.Tensor:
+    """A plain tensor: a MONAI ``MetaTensor`` without its metadata (no bookkeeping in hot loops), or ``x`` as a tensor."""
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
