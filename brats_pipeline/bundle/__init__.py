@@ -7,7 +7,7 @@ package with ``"_target_": "brats_pipeline.bundle.<name>"`` (the names below):
   ``validate#dataset``; MONAI Label fills ``...#data``), :func:`split_datamodule`, device
   mapping for the Lightning ``Trainer``, :class:`SaveBestNetwork` (``models/model.pt``);
 * :mod:`~brats_pipeline.bundle.inference` — ``inference.json``/``evaluate.json``:
-  :func:`inference_preprocessing`, :class:`RegionsToLabelsd` (softmax bundles:
+  :func:`inference_preprocessing`, :class:`~brats_pipeline.inference.postprocess.RegionsToLabelsd` (softmax bundles:
   :class:`~brats_pipeline.inference.postprocess.ClassesToLabelsd`), strict :func:`load_network`;
   :mod:`~brats_pipeline.bundle.cases` — :func:`inference_cases`; :mod:`~brats_pipeline.bundle.runner` —
   :class:`LabelWriter`, :class:`CaseScorer`, :class:`BundleRunner`;
@@ -22,7 +22,7 @@ package with ``"_target_": "brats_pipeline.bundle.<name>"`` (the names below):
 
 from brats_pipeline.bundle.cases import case_id_of, image_files, inference_cases
 from brats_pipeline.bundle.docs import readme
-from brats_pipeline.bundle.inference import RegionsToLabelsd, as_device, inference_preprocessing, load_network
+from brats_pipeline.bundle.inference import as_device, inference_preprocessing, load_network
 from brats_pipeline.bundle.input_checks import CheckChannelsd, SourceFilesd
 from brats_pipeline.bundle.runner import BundleRunner, CaseOutcome, CaseScorer, LabelWriter, root_cause
 from brats_pipeline.bundle.specs import BUNDLES, SCHEMA_URL, BundleSpec, get_bundle_spec, spec_from_recipe
@@ -49,7 +49,7 @@ from brats_pipeline.bundle.training import (
     split_datamodule,
 )
 from brats_pipeline.callbacks import SlurmRequeue, TrainingCurves
-from brats_pipeline.inference.postprocess import ClassesToLabelsd
+from brats_pipeline.inference.postprocess import ClassesToLabelsd, RegionsToLabelsd
 from brats_pipeline.weights import network_state_dict, save_state_dict
 
 __all__ = [

@@ -4,7 +4,7 @@
   label, plus input checks naming the file (:mod:`~brats_pipeline.bundle.input_checks`:
   channel count, NaN/Inf, an empty modality): ``image`` is one 4D NIfTI with the modalities stacked on
   the last axis (MSD style, what MONAI Label sends) or a list of per-modality files;
-* :class:`RegionsToLabelsd` turns region channels back into the task's label values;
+* the label-map transforms (:class:`~brats_pipeline.inference.postprocess.RegionsToLabelsd`, ``ClassesToLabelsd``) live with the post-processing;
 * :func:`load_network` loads ``models/model.pt`` **strictly** (MONAI Label's own loader is
   not strict: a prefixed or Lightning state dict loads there as random weights);
 * :func:`as_device` reads a bundle's ``device``.
@@ -16,7 +16,7 @@ that predicts, writes and scores them is :mod:`~brats_pipeline.bundle.runner`.
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,35 +77,6 @@ def inference_preprocessing(
     steps = [*steps[:after_load], CheckChannelsd("image", task), *steps[after_load:]]
     checks = (CheckHeadersd, CheckFinited, CheckChannelsd)
     return Compose([ReportInputErrors(t) if isinstance(t, checks) else t for t in steps])
-
-
-class RegionsToLabelsd:
-    """Region channels ``(R, X, Y, Z)`` (0/1, or probabilities cut at ``threshold``) -> label map ``(1, X, Y, Z)`` uint8.
-
-    Uses ``task.regions_to_labels`` (largest region first, each painted with the label it owns),
-    so the output holds the task's own label values (BraTS 2021: 0, 1, 2, 4). Meta data (affine)
-    is kept.
-    """
-
-    def __init__(self, keys: str | Sequence[str], task: str | Task, threshold: float = 0.5) -> None:
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
-        self.task = get_task(task)
-        self.threshold = float(threshold)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        import torch
-        from monai.data import MetaTensor
-
-        d = dict(data)
-        for key in self.keys:
-            pred = d[key]
-            regions = torch.as_tensor(pred)
-            if regions.ndim != 4 or regions.shape[0] != len(self.task.regions):
-                raise ValueError(f"{key}: expected {len(self.task.regions)} region channels {self.task.region_names} "
-                                 f"of shape (R, X, Y, Z), got {tuple(regions.shape)}")
-            labels = self.task.regions_to_labels(regions.float() > self.threshold)[None]
-            d[key] = MetaTensor(labels, meta=dict(pred.meta)) if isinstance(pred, MetaTensor) else labels
-        return d
 
 
 def load_network(network: Any, path: str | os.PathLike, device: Any = "cpu") -> Any:

@@ -305,7 +305,59 @@ def postprocess_classes(probabilities: Any, task: str | Task, config: Postproces
     return labels.astype(np.uint8)
 
 
-class ClassesToLabelsd:
+class _LabelMapd:
+    """Base of the bundle post-processing transforms that turn a network output into the task's label map.
+
+    For each key: check the tensor's shape (:meth:`_check`), convert it (:meth:`_labels`), keep
+    the meta data (affine) of a ``MetaTensor``.
+    """
+
+    def __init__(self, keys: str | Sequence[str], task: str | Task) -> None:
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.task = get_task(task)
+
+    def _check(self, key: Any, x: Any) -> None:
+        raise NotImplementedError
+
+    def _labels(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        import torch
+        from monai.data import MetaTensor
+
+        d = dict(data)
+        for key in self.keys:
+            pred = d[key]
+            x = torch.as_tensor(pred)
+            self._check(key, x)
+            labels = self._labels(x)
+            d[key] = MetaTensor(labels, meta=dict(pred.meta)) if isinstance(pred, MetaTensor) else labels
+        return d
+
+
+class RegionsToLabelsd(_LabelMapd):
+    """Region channels ``(R, X, Y, Z)`` (0/1, or probabilities cut at ``threshold``) -> label map ``(1, X, Y, Z)`` uint8.
+
+    Uses ``task.regions_to_labels`` (largest region first, each painted with the label it owns),
+    so the output holds the task's own label values (BraTS 2021: 0, 1, 2, 4). Meta data (affine)
+    is kept. The bundle post-processing of a sigmoid (region) network.
+    """
+
+    def __init__(self, keys: str | Sequence[str], task: str | Task, threshold: float = 0.5) -> None:
+        super().__init__(keys, task)
+        self.threshold = float(threshold)
+
+    def _check(self, key: Any, x: Any) -> None:
+        if x.ndim != 4 or x.shape[0] != len(self.task.regions):
+            raise ValueError(f"{key}: expected {len(self.task.regions)} region channels {self.task.region_names} "
+                             f"of shape (R, X, Y, Z), got {tuple(x.shape)}")
+
+    def _labels(self, x: Any) -> Any:
+        return self.task.regions_to_labels(x.float() > self.threshold)[None]
+
+
+class ClassesToLabelsd(_LabelMapd):
     """MONAI dictionary transform: class indices ``(1, X, Y, Z)`` (a softmax output's argmax) -> the task's label values.
 
     The bundle post-processing of a softmax network (``Activationsd(softmax=True)``, ``Invertd``,
@@ -317,21 +369,10 @@ class ClassesToLabelsd:
         task: task name or :class:`Task`.
     """
 
-    def __init__(self, keys: str | Sequence[str], task: str | Task) -> None:
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
-        self.task = get_task(task)
+    def _check(self, key: Any, x: Any) -> None:
+        if x.ndim != 4 or x.shape[0] != 1:
+            raise ValueError(f"{key}: expected class indices of shape (1, X, Y, Z) (AsDiscreted argmax first), "
+                             f"got {tuple(x.shape)}")
 
-    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
-        import torch
-        from monai.data import MetaTensor
-
-        d = dict(data)
-        for key in self.keys:
-            pred = d[key]
-            classes = torch.as_tensor(pred)
-            if classes.ndim != 4 or classes.shape[0] != 1:
-                raise ValueError(f"{key}: expected class indices of shape (1, X, Y, Z) (AsDiscreted argmax first), "
-                                 f"got {tuple(classes.shape)}")
-            labels = self.task.classes_to_labels(classes.round().long())
-            d[key] = MetaTensor(labels, meta=dict(pred.meta)) if isinstance(pred, MetaTensor) else labels
-        return d
+    def _labels(self, x: Any) -> Any:
+        return self.task.classes_to_labels(x.round().long())

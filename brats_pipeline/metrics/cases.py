@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from brats_pipeline.constants import Task, get_task
-from brats_pipeline.metrics.masks import _check_spacing, _to_numpy_mask
+from brats_pipeline.metrics.masks import _check_spacing, mask_pair
 from brats_pipeline.metrics.overlap import overlap_metrics
 from brats_pipeline.metrics.surface import BRATS_EMPTY_HD95, brats_hd95
 
@@ -58,10 +58,7 @@ def region_metrics(
     Returns:
         ``{metric name: value}``.
     """
-    p = _to_numpy_mask(pred, "pred")
-    t = _to_numpy_mask(truth, "truth")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and truth shapes differ: {p.shape} vs {t.shape}")
+    p, t = mask_pair(pred, truth)
     if p.ndim != 3:
         raise ValueError(f"expected masks of shape (X, Y, Z), got {p.shape}")
     sp = _check_spacing(spacing, 3)
@@ -90,10 +87,7 @@ def case_metrics(
     Returns:
         ``{region name: {metric name: value}}``.
     """
-    p = _to_numpy_mask(pred, "pred")
-    t = _to_numpy_mask(truth, "truth")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and truth shapes differ: {p.shape} vs {t.shape}")
+    p, t = mask_pair(pred, truth)
     if p.ndim != 4:
         raise ValueError(f"expected region maps of shape (R, X, Y, Z), got {p.shape}")
     names = tuple(region_names)

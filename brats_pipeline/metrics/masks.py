@@ -20,6 +20,14 @@ def _to_numpy_mask(x: Any, what: str) -> np.ndarray:
     return x
 
 
+def mask_pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``truth`` as boolean numpy masks of one shape (named in the errors)."""
+    p, t = _to_numpy_mask(pred, "pred"), _to_numpy_mask(truth, "truth")
+    if p.shape != t.shape:
+        raise ValueError(f"pred and truth shapes differ: {p.shape} vs {t.shape}")
+    return p, t
+
+
 def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
     sp = tuple(float(s) for s in spacing)
     if len(sp) != ndim or not all(math.isfinite(s) and s > 0 for s in sp):

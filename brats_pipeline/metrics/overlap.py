@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from brats_pipeline.constants import Task, get_task
-from brats_pipeline.metrics.masks import _check_spacing, _to_numpy_mask
+from brats_pipeline.metrics.masks import _check_spacing, mask_pair
 
 #: Metrics per label of the scheme (:func:`label_metrics`).
 LABEL_METRIC_NAMES = ("dice", "iou", "precision", "recall")
@@ -34,10 +34,7 @@ def overlap_metrics(pred: Any, truth: Any, spacing: Sequence[float] | None = Non
         truth: boolean mask of the same shape.
         spacing: voxel size in mm per axis, for the volumes (``None``: 1 mm).
     """
-    p = _to_numpy_mask(pred, "pred")
-    t = _to_numpy_mask(truth, "truth")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and truth shapes differ: {p.shape} vs {t.shape}")
+    p, t = mask_pair(pred, truth)
     sp = _check_spacing((1.0,) * p.ndim if spacing is None else spacing, p.ndim)
     tp = int(np.count_nonzero(p & t))
     n_pred = int(np.count_nonzero(p))

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from brats_pipeline.metrics.masks import _check_spacing, _to_numpy_mask
+from brats_pipeline.metrics.masks import _check_spacing, mask_pair
 
 #: HD95 (mm) given when exactly one of prediction and truth is empty: the diagonal of the
 #: 240 x 240 x 155 mm BraTS volume, sqrt(240^2 + 240^2 + 155^2), as in the BraTS 2021 evaluation.
@@ -46,10 +46,7 @@ def hausdorff_distance(
     """
     from monai.metrics.utils import get_mask_edges, get_surface_distance
 
-    p = _to_numpy_mask(pred, "pred")
-    t = _to_numpy_mask(truth, "truth")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and truth shapes differ: {p.shape} vs {t.shape}")
+    p, t = mask_pair(pred, truth)
     sp = _check_spacing(spacing, p.ndim)
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
@@ -82,10 +79,7 @@ def brats_hd95(
         spacing: voxel size in mm per axis (``None``: 1 mm).
         empty_hd95: HD95 when exactly one of the masks is empty.
     """
-    p = _to_numpy_mask(pred, "pred")
-    t = _to_numpy_mask(truth, "truth")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and truth shapes differ: {p.shape} vs {t.shape}")
+    p, t = mask_pair(pred, truth)
     sp = _check_spacing((1.0,) * p.ndim if spacing is None else spacing, p.ndim)
     has_p, has_t = bool(p.any()), bool(t.any())
     if not has_p and not has_t:
