@@ -95,6 +95,7 @@ def run_recipe(
     seed: int = 0,
     full: bool = False,
     keep_checkpoint: Path | None = None,
+    steps: int | None = None,
 ) -> MethodRun:
     """Train ``lgg_cpu.yaml`` on ``train_cases`` within ``budget``, predict ``test_cases`` (see module docstring).
 
@@ -111,6 +112,8 @@ def run_recipe(
         full: train the configured number of steps instead of fitting them to ``budget``.
         keep_checkpoint: where to copy the trained checkpoint (``bench_lgg.py --keep-checkpoints``),
             e.g. to compare inference settings on the same held-out folds later.
+        steps: with ``full``, train this many steps instead of the configured ``max_steps``
+            (``bench_lgg.py --recipe-steps``: cross-validate a longer or shorter run of the recipe).
     """
     from brats_pipeline.inference.predictor import Predictor
 
@@ -122,7 +125,7 @@ def run_recipe(
         ]  # --data.fold -1 trains on every entry; validation (fold 0) is switched off below
         datalist = Path(tmp) / "datalist.json"
         datalist.write_text(json.dumps({"task": "lgg", "training": entries}), encoding="utf-8")
-        cli = recipe_cli(datalist, Path(tmp), device, precision, seed, max_steps=None if full else 100000)
+        cli = recipe_cli(datalist, Path(tmp), device, precision, seed, max_steps=steps if full else 100000)
         if not full:
             cli.trainer.callbacks.append(BudgetSteps(clock))
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -141,7 +144,8 @@ def run_recipe(
     return MethodRun(
         predictions=predictions, steps=int(steps), train_cpu_s=train_cpu, train_wall_s=train_wall,
         infer_cpu_s=time.process_time() - cpu0, infer_wall_s=time.perf_counter() - wall0,
-        extra={"config": RECIPE_CONFIG.name, "budget": "configured steps" if full else "fitted to the budget"},
+        extra={"config": RECIPE_CONFIG.name,
+               "budget": ("configured steps" if steps is None else f"{steps} steps") if full else "fitted to the budget"},
     )
 
 

@@ -31,6 +31,7 @@ median, minimum, patients below 0.5, CPU and wall time, steps. Written under ``-
     python benchmarks/bench_lgg.py --budget-minutes 6 --out lgg_cv               # peers, 5 folds
     python benchmarks/bench_lgg.py --methods peer2d --folds 0 --budget-minutes 2
     python benchmarks/bench_lgg.py --methods recipe_full --folds 0 --threads 2   # the shipped recipe, held out
+    python benchmarks/bench_lgg.py --methods recipe_full --recipe-steps 5000 --keep-checkpoints   # a longer run of it
     python benchmarks/bench_lgg.py --patients-limit 4 --num-folds 2 --budget-minutes 0.05   # smoke run
 """
 
@@ -89,6 +90,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-predictions", action="store_true", help="do not write the prediction NIfTI files")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the recipe's trained checkpoints as <out>/<method>/fold<k>.ckpt")
+    p.add_argument("--recipe-steps", type=int, default=None,
+                   help="recipe_full: train this many steps instead of lgg_cpu.yaml's max_steps (cross-validate a change of it)")
     args = p.parse_args(argv)
     if not args.budget_minutes > 0:
         p.error(f"--budget-minutes must be positive, got {args.budget_minutes}")
@@ -97,6 +100,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     bad = [f for f in args.folds or [] if not 0 <= f < args.num_folds]
     if bad:
         p.error(f"--folds {bad} out of range 0..{args.num_folds - 1}")
+    if args.recipe_steps is not None and args.recipe_steps < 1:
+        p.error(f"--recipe-steps must be positive, got {args.recipe_steps}")
     if args.patients_limit is not None and args.patients_limit < args.num_folds:
         p.error(f"--patients-limit {args.patients_limit} is below --num-folds {args.num_folds}")
     return args
@@ -165,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for method in args.methods:
             print(f"-- fold {fold}, {method}: {len(train)} training / {len(test)} held-out patients", flush=True)
             keep = {"keep_checkpoint": args.out / method / f"fold{fold}.ckpt"} if args.keep_checkpoints and method.startswith("recipe") else {}
+            if method == "recipe_full" and args.recipe_steps is not None:
+                keep["steps"] = args.recipe_steps
             run = METHODS[method](train, test, budget_s, device, precision, seed=args.seed + fold, **keep)
             scores = write_fold_outputs(args.out, method, fold, test, run, not args.no_predictions)
             results["methods"][method]["folds"][str(fold)] = {
