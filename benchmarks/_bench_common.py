@@ -24,6 +24,7 @@ from brats_pipeline.devices import (  # noqa: E402,F401  (re-exported for the be
     cpu_flags,
     cpu_has_native_bf16,
     cpu_model_name,
+    reuse_freed_memory,
 )
 
 
@@ -112,7 +113,8 @@ def set_up_compute(device_name: str, precision: str, threads: int | None) -> tup
     device = resolve_device(device_name)
     precision = resolve_precision(device, precision)
     threads = set_threads(threads)
-    info = machine_info(device, precision, threads)
+    reused = reuse_freed_memory()  # every method of the run alike (brats-train does the same)
+    info = {**machine_info(device, precision, threads), "malloc_reuse": reused}
     print(f"CPU: {info['cpu_model']} ({info['cores_available']} cores, native bf16: {info['cpu_native_bf16']}); "
           f"device {device}{' ' + info['gpu'] if 'gpu' in info else ''}; precision {precision}; torch threads {threads}",
           flush=True)

@@ -15,9 +15,13 @@ process, with the recipe's precision (bf16 autocast only on CPUs with native bf1
 
 Both are counted in CPU time — this process's (all threads) plus that of its live children,
 the loader workers, read from ``/proc`` — and in wall time; the ratios are printed with the
-target. The recipe uses ``num_workers: 0`` (the data pipeline runs in this process);
-``--workers 1`` runs the sampling and the batched augmentation in a loader worker, beside the
-step (:meth:`BratsDataModule.augments_in_loader`), where the wall ratio is the one that counts.
+target. The recipe uses ``num_workers: 0``: the slice sampling and the batched augmentation
+run in a background thread of this process, one batch ahead, beside the step
+(:class:`~brats_pipeline.data.loaders.ThreadedAugmentLoader`; ``--no-thread``: in the step);
+``--workers 1`` runs them in a loader worker process instead
+(:meth:`BratsDataModule.augments_in_loader`). Beside the step, the wall ratio is the one that
+counts. Large tensors reuse freed memory (:func:`brats_pipeline.devices.reuse_freed_memory`,
+as ``brats-train`` does).
 Also printed: slices per CPU-second of the full step, to set beside ``bench_networks.py``'s
 figure for the stock 2D peer.
 
@@ -86,9 +90,9 @@ class StepClock(Callback):
         self._last = now
 
 
-def build_recipe(data: Path, patients: int, tmp: Path, precision: str, steps: int, workers: int = 0) -> object:
+def build_recipe(data: Path, patients: int, tmp: Path, precision: str, steps: int, workers: int = 0, thread: bool = True) -> object:
     """``lgg_cpu.yaml`` through ``brats-train``'s CLI on the first ``patients`` patients (no validation, no logger),
-    ``workers`` loader workers."""
+    ``workers`` loader workers, the augmentation in a background thread or not."""
     from brats_pipeline.data.datalist import build_datalist, write_datalist
 
     datalist = build_datalist(data, "lgg", folds=5, seed=0)
@@ -96,6 +100,7 @@ def build_recipe(data: Path, patients: int, tmp: Path, precision: str, steps: in
     write_datalist(datalist, tmp / "datalist.json")
     cli = recipe_cli(tmp / "datalist.json", tmp, torch.device("cpu"), precision, max_steps=steps)
     cli.datamodule.hparams.num_workers = workers
+    cli.datamodule.hparams.augment_thread = thread
     return cli
 
 
@@ -126,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores available)")
     p.add_argument("--workers", type=int, default=0, help="loader workers (default 0, the recipe's)")
+    p.add_argument("--no-thread", action="store_true", help="augment in the step, not in a background thread")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
     if not args.data.is_dir():
@@ -133,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _, precision, threads, info = set_up_compute("cpu", args.precision, args.threads)
     with tempfile.TemporaryDirectory(prefix="bench_lgg_step_") as tmp:
-        cli = build_recipe(args.data, args.patients, Path(tmp), precision, args.warmup + args.steps + 1, args.workers)
+        cli = build_recipe(args.data, args.patients, Path(tmp), precision, args.warmup + args.steps + 1, args.workers,
+                           not args.no_thread)
         clock = StepClock(args.warmup)
         cli.trainer.callbacks.append(clock)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -142,12 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     full_cpu, full_wall = statistics.median(clock.cpu), statistics.median(clock.wall)
     comp_cpu, comp_wall = statistics.median(compute_cpu), statistics.median(compute_wall)
     result = {
-        "machine": info, "patients": args.patients, "workers": args.workers, "batch": batch, "input": list(clock.batch["image"].shape[1:]),
+        "machine": info, "patients": args.patients, "workers": args.workers, "thread": not args.no_thread, "batch": batch, "input": list(clock.batch["image"].shape[1:]),
         "full_step": {"cpu_s": full_cpu, "wall_s": full_wall}, "compute_only": {"cpu_s": comp_cpu, "wall_s": comp_wall},
         "ratio_cpu": full_cpu / comp_cpu, "ratio_wall": full_wall / comp_wall, "target": TARGET,
         "slices_per_cpu_s": batch / full_cpu,
     }
-    print(f"CPU: {info['cpu_model']}; {threads} torch threads, {args.workers} loader workers; precision {precision}; batch {batch} x {tuple(clock.batch['image'].shape[1:])}")
+    where = "loader workers" if args.workers else ("the step" if args.no_thread else "a background thread")
+    print(f"CPU: {info['cpu_model']}; {threads} torch threads, {args.workers} loader workers, augmentation in {where}; "
+          f"precision {precision}; batch {batch} x {tuple(clock.batch['image'].shape[1:])}")
     print(f"{'':<16}{'CPU s/step':>12}{'wall s/step':>13}   (median of {args.steps}, after {args.warmup} warm-up steps)")
     print(f"{'compute only':<16}{comp_cpu:>12.3f}{comp_wall:>13.3f}")
     print(f"{'full step':<16}{full_cpu:>12.3f}{full_wall:>13.3f}")

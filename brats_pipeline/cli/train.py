@@ -63,7 +63,10 @@ class BratsCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         import torch
 
+        from brats_pipeline.devices import reuse_freed_memory
+
         torch.backends.cudnn.benchmark = True
+        reuse_freed_memory()  # large CPU tensors reuse freed memory instead of page-faulting in every step
         config = self.config[self.subcommand] if self.subcommand else self.config
         _apply_precision_rule(config)
         if self.subcommand == "fit":

@@ -16,8 +16,8 @@ gives ``samples_per_volume`` random patches (label-balanced), cropped on the CPU
 memory, and each epoch draws slices from them (:class:`~brats_pipeline.data.slices.SliceDataset`:
 every tumour slice plus ``empty_slice_ratio`` times as many random empty ones; 2.5D stacks
 ``context`` neighbours each side as channels), cropped or padded in-plane to ``patch_size``;
-the batch ``(B, C·(2k+1), H, W)`` is augmented by ``BatchAugment`` after transfer, on the CPU
-too. Validation and prediction use whole volumes, which the module's inferer runs slice by
+the batch ``(B, C·(2k+1), H, W)`` is augmented by ``BatchAugment`` after transfer (on the
+CPU: in a background thread, or the loader's workers, beside the step; :meth:`augments_in_loader`). Validation and prediction use whole volumes, which the module's inferer runs slice by
 slice. The dimensionality, slice axis and context follow the model attached to the Trainer
 (``spatial_dims``, ``slice_axis``, ``context`` here are for use without one, and must agree).
 
@@ -41,7 +41,7 @@ import torch
 from brats_pipeline.constants import check_output_mode
 from brats_pipeline.data.augmentation_config import AugmentationConfig
 from brats_pipeline.data.fold_cases import fold_cases, read_datalist
-from brats_pipeline.data.loaders import AugmentingCollate, make_loader
+from brats_pipeline.data.loaders import AugmentingCollate, ThreadedAugmentLoader, make_loader
 from brats_pipeline.data.modalities import check_model_modalities
 from brats_pipeline.data.slices import SliceDataset, check_context, check_slice_axis, plain_tensor
 from brats_pipeline.data.transforms import cpu_augmentation, deterministic_transforms, patch_sampling
@@ -87,6 +87,8 @@ class BratsDataModule(pl.LightningDataModule):
         modalities: read only these of the task's modalities (names or aliases, e.g. ``[t2, t1c,
             flair]``; channels in the task's order whatever the order given); ``None``: the ones the
             datalist was built for (all the task's). See :mod:`brats_pipeline.data.modalities`.
+        augment_thread: training on the CPU with ``num_workers: 0``, run the batched augmentation
+            (and the slice sampling) in a background thread, beside the step (:meth:`augments_in_loader`).
     """
 
     #: ``sigmoid`` or ``softmax``: the target's form; :meth:`setup` takes the attached model's
@@ -114,6 +116,7 @@ class BratsDataModule(pl.LightningDataModule):
         context: int | None = None,
         empty_slice_ratio: float | None = 1.0,
         modalities: Sequence[str] | None = None,
+        augment_thread: bool = True,
     ) -> None:
         super().__init__()
         if cache not in CACHE_MODES:
@@ -183,19 +186,25 @@ class BratsDataModule(pl.LightningDataModule):
         return torch.cuda.is_available()
 
     def augments_in_loader(self) -> bool:
-        """Whether the batched augmentation runs in the loader's worker processes.
+        """Whether the batched augmentation runs with the loader, beside the training step.
 
-        When training on the CPU with ``num_workers > 0``, :class:`BatchAugment` runs on each
-        collated batch inside the worker (:class:`AugmentingCollate`), in parallel with the
-        training step, instead of in the main process after transfer. (On a GPU it stays after
-        transfer, on the device.) Random numbers then come from the workers' torch generators,
-        which the loader seeds from the run's seed.
+        Training on the CPU (on a GPU it stays after transfer, on the device), :class:`BatchAugment`
+        runs on each collated batch either in the loader's worker processes (``num_workers > 0``,
+        :class:`AugmentingCollate`; random numbers from the workers' generators, which the loader
+        seeds from the run's seed) or, with ``num_workers: 0``, in a background thread of the
+        training process (:class:`ThreadedAugmentLoader`, one batch ahead; the same batches and
+        random numbers as in the step; one process only, ``augment_thread: false`` turns it off),
+        instead of in the main process after transfer.
         """
-        if not self.uses_batch_augmentation() or self.hparams.num_workers <= 0:
+        if not self.uses_batch_augmentation():
             return False
         trainer = self.trainer
         device = trainer.strategy.root_device.type if trainer is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        return device == "cpu"
+        if device != "cpu":
+            return False
+        if self.hparams.num_workers > 0:
+            return True
+        return bool(self.hparams.augment_thread) and (trainer is None or trainer.world_size == 1)
 
     # ----------------------------------------------------------------- setup
     def split(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -311,7 +320,9 @@ class BratsDataModule(pl.LightningDataModule):
     # --------------------------------------------------------------- loaders
     def train_dataloader(self) -> Any:
         loader = make_loader(self.train_ds, self.hparams.batch_size, self.hparams.num_workers, shuffle=True)
-        if self.augments_in_loader():  # batched augmentation inside the worker, beside the training step
+        if self.augments_in_loader():  # batched augmentation beside the training step: in the worker, or a thread
+            if self.hparams.num_workers == 0:
+                return ThreadedAugmentLoader(loader, self._make_batch_augment())
             loader.collate_fn = AugmentingCollate(loader.collate_fn, self._make_batch_augment())
         return loader
 
@@ -330,7 +341,7 @@ class BratsDataModule(pl.LightningDataModule):
         if trainer is None or not trainer.training:
             return batch
         if self.augments_in_loader():
-            return batch  # already augmented by the loader's worker (AugmentingCollate)
+            return batch  # already augmented by the loader's worker or thread
         image, label = plain_tensor(batch["image"]), plain_tensor(batch["label"])  # no MetaTensor bookkeeping in the hot loop
         if self.uses_batch_augmentation():
             if self._batch_augment is None:

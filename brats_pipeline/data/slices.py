@@ -222,6 +222,37 @@ class SliceDataset(torch.utils.data.Dataset):
         image_slice, label_slice = _pad_or_crop(image_slice, label_slice, self.patch_size)
         return {"image": image_slice.contiguous(), "label": label_slice.contiguous()}
 
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """A whole batch, collated (torch's ``DataLoader`` asks for it so; :func:`collate_slices` passes it on):
+        ``image`` ``(B, C·(2k+1), A, B)``, ``label`` ``(B, R, A, B)`` — the items of :meth:`__getitem__`, with the
+        same random draws.
+
+        Where every volume's slices are the patch size (nothing to crop or pad), each slab is copied
+        straight into its place in the batch, once, instead of into an item that collation copies again.
+        """
+        if any(tuple(image.shape[2:]) != self.patch_size for image in self.images):
+            return _collate([self[index] for index in indices])
+        places = [self.slice_at(index) for index in indices]
+        k, (v0, _) = self.context, places[0]
+        image = self.images[v0].new_empty((len(places), self.images[v0].shape[0], 2 * k + 1, *self.patch_size))
+        label = torch.empty((len(places), self.labels[v0].shape[0], *self.patch_size))
+        for b, (v, i) in enumerate(places):
+            for j, source in enumerate(context_indices(i, self.images[v].shape[1], k).tolist()):
+                image[b, :, j] = self.images[v][:, source]  # channel c·(2k+1) + j: modality c of slice i - k + j
+            label[b] = self.labels[v][:, i]
+        return {"image": image.flatten(1, 2), "label": label}
+
+
+def _collate(items: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Batch ``items`` (torch's default collation), or pass through a batch :meth:`SliceDataset.__getitems__` made."""
+    if isinstance(items, Mapping):
+        return dict(items)
+    return torch.utils.data.default_collate(list(items))
+
+
+#: the collate function of a :class:`SliceDataset` loader (it takes whole batches from ``__getitems__``)
+collate_slices = _collate
+
 
 def plain_tensor(x: Any) -> torch.Tensor:
     """A plain tensor: a MONAI ``MetaTensor`` without its metadata (no bookkeeping in hot loops), or ``x`` as a tensor."""

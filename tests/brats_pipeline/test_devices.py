@@ -49,3 +49,18 @@ def test_unet2d_downsample_computes_at_half_resolution() -> None:
         assert torch.allclose(scripted(x), y, atol=1e-5)
     with pytest.raises(ValueError, match="downsample must be a positive integer"):
         build_network("unet2d", 3, 1, downsample=0)
+
+
+def test_freed_memory_is_kept_for_reuse_on_glibc_unless_turned_off() -> None:
+    """``reuse_freed_memory`` raises glibc's mmap/trim thresholds (brats-train and the benchmarks call it)."""
+    import platform
+    import subprocess
+    import sys
+
+    code = "from brats_pipeline.devices import reuse_freed_memory; print(reuse_freed_memory())"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "BRATS_MALLOC_REUSE": "0"}).stdout.strip()
+    assert off == "False"
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert on == "True"

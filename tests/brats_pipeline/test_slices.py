@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import nibabel as nib
@@ -16,6 +17,7 @@ from brats_pipeline.cli.train import CONFIG_DIR
 from brats_pipeline.cli.train import main as train_main
 from brats_pipeline.data.datalist import build_datalist, write_datalist
 from brats_pipeline.data.datamodule import BratsDataModule
+from brats_pipeline.data.loaders import ThreadedAugmentLoader, make_loader
 from brats_pipeline.data.slices import SliceDataset, slab, stack_context
 from brats_pipeline.data.synthetic import write_cohort
 from brats_pipeline.inference import Predictor, run_batch
@@ -184,13 +186,42 @@ def test_trainer_fits_a_2d_and_a_25d_network_on_slices(lgg_datalist: Path, conte
     before = [p.detach().clone() for p in model.network.parameters()]
     trainer.fit(model, dm)
     assert (dm.spatial_dims, dm.slice_axis, dm.context) == (2, 2, context)  # followed the model
-    # slices drawn with a margin (40 x 40), augmented and cropped back by BatchAugment: after transfer,
-    # or with a loader worker on the CPU, in the worker (the batch arrives cropped)
-    assert dm.augments_in_loader() is (workers > 0)
+    # slices drawn with a margin (40 x 40), augmented and cropped back by BatchAugment beside the step
+    # on the CPU: in the loader worker, or without workers in a background thread (the batch arrives cropped)
+    assert dm.augments_in_loader()
+    assert isinstance(trainer.train_dataloader, ThreadedAugmentLoader) is (workers == 0)
     assert shapes.shapes == [((4, 3 * (2 * context + 1), 32, 32), (4, 1, 32, 32))] * 3
     assert any(not torch.equal(a, b) for a, b in zip(before, model.network.parameters()))
     metrics = trainer.callback_metrics
     assert metrics["val/cases"] == 2 and 0 <= float(metrics["val/dice_WT"]) <= 1  # whole volumes, slice by slice
+
+
+def _fit_steps(lgg_datalist: Path, augment_thread: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    pl.seed_everything(3)
+    model = BratsSegmentationModule("unet2d", {"channels": [8, 16], "strides": [2]}, task="lgg", roi_size=(32, 32), context=1)
+    dm = BratsDataModule(str(lgg_datalist), fold=0, patch_size=(32, 32), batch_size=4, num_workers=0,
+                         empty_slice_ratio=0.5, augment_thread=augment_thread)
+    batches = []
+
+    class Keep(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+            batches.append(batch["image"].clone())
+
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=4, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Keep()])
+    trainer.fit(model, dm)
+    assert dm.augments_in_loader() is augment_thread
+    return batches, [p.detach().clone() for p in model.network.parameters()]
+
+
+def test_augmenting_in_a_thread_trains_on_the_same_batches_as_in_the_step(lgg_datalist: Path) -> None:
+    """The background thread draws the same slices and random augmentations, in the same order."""
+    in_step, weights_in_step = _fit_steps(lgg_datalist, augment_thread=False)
+    threaded, weights_threaded = _fit_steps(lgg_datalist, augment_thread=True)
+    assert len(in_step) == len(threaded) == 4
+    assert all(torch.equal(a, b) for a, b in zip(in_step, threaded))
+    assert not torch.equal(in_step[0], in_step[1])
+    assert all(torch.equal(a, b) for a, b in zip(weights_in_step, weights_threaded))
 
 
 def test_data_module_rejects_settings_that_contradict_the_model(lgg_datalist: Path) -> None:
@@ -301,3 +332,42 @@ def test_brats_train_and_brats_infer_with_the_2d_example_config(lgg_datalist: Pa
     truth = nib.load(str(next(lgg_datalist.parent.rglob(f"{case_id}_seg.nii.gz"))))
     written = nib.load(str(out / f"{case_id}.nii.gz"))
     assert written.shape == truth.shape and np.allclose(written.affine, truth.affine)  # the input's grid
+
+
+@pytest.mark.parametrize("patch", [(20, 24), (16, 16), (24, 32)])
+@pytest.mark.parametrize("context", [0, 2])
+def test_a_batch_fetched_at_once_equals_the_items_one_by_one(patch: tuple[int, int], context: int) -> None:
+    """``__getitems__`` (what the loader calls) gives the collated items of ``__getitem__``, with the same random draws."""
+    g = torch.Generator().manual_seed(0)
+    volumes = [{"image": torch.randn(3, 20, 24, 4 + v, generator=g), "label": (torch.rand(1, 20, 24, 4 + v, generator=g) > 0.8).float()}
+               for v in range(3)]
+    ds = SliceDataset(volumes, 2, context, empty_slice_ratio=1.0, patch_size=patch)
+    indices = list(range(len(ds)))[::-1]
+    random.seed(5)
+    batch = ds.__getitems__(indices)
+    random.seed(5)
+    items = [ds[i] for i in indices]
+    assert torch.equal(batch["image"], torch.stack([it["image"] for it in items]))
+    assert torch.equal(batch["label"], torch.stack([it["label"] for it in items])) and batch["label"].dtype == torch.float32
+    assert batch["image"].shape == (len(indices), 3 * (2 * context + 1), *patch)
+    loaded = next(iter(make_loader(ds, 4, 0, shuffle=False)))
+    assert loaded["image"].shape == (4, 3 * (2 * context + 1), *patch)
+
+
+def test_an_error_in_the_augmenting_thread_is_raised_in_the_training_loop() -> None:
+    def augment(image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if float(image[0, 0]) == 2:
+            raise ValueError("case_2.nii.gz: NaN in t1")
+        return image * 10, label
+
+    loader = [{"image": torch.full((1, 1), float(i)), "label": torch.zeros(1, 1)} for i in range(4)]
+    threaded = ThreadedAugmentLoader(loader, augment)
+    assert len(threaded) == 4
+    seen = []
+    with pytest.raises(ValueError, match="case_2.nii.gz: NaN in t1"):
+        for batch in threaded:
+            seen.append(float(batch["image"][0, 0]))
+    assert seen == [0.0, 10.0]
+    early = iter(ThreadedAugmentLoader(loader[:2], augment))
+    assert float(next(early)["image"][0, 0]) == 0.0
+    early.close()  # a loop left early (max_steps) stops the thread
