@@ -13,11 +13,15 @@ were made from the same input contents by the same model with the same settings
 (:mod:`brats_pipeline.inference.batch`). Exit status 0 when every case succeeded (or was
 already done), 1 when any case failed (the others are still written), 2 for bad arguments:
 among them a case id that is not a safe file name or appears twice
-(:mod:`preprocessing.identity`), an output folder that cannot be written and a ``--task``
+(:mod:`preprocessing.identity`), ``--fold``/``--split`` on a folder without ``datalist.json``, an output folder that cannot be written and a ``--task``
 other than the one the checkpoint or bundle was trained for. A modality file that cannot be
 used (truncated, NaN, constant: an empty scan) fails its case. A model trained on a modality
 subset (``data.modalities``) reads only those modalities' files: the others need not exist, and a
 case lacking a used one fails naming the case and the modality.
+
+The cases come from the project's one case reader, :func:`brats_pipeline.data.cases.read_cases`, as
+the bundles' do: ``-i`` is a datalist JSON, or a dataset folder (its ``datalist.json`` if it holds one,
+else the 4D stacked NIfTI files directly in it and the cases in the task's layout).
 """
 
 from __future__ import annotations
@@ -79,48 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-threads", type=int, default=4, help="modality files decoded concurrently per case (default 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
-
-
-def load_cases(source: str | Path, task: Any, split: str = "all", fold: int | None = None) -> list[dict[str, Any]]:
-    """Cases to predict from a datalist JSON or a dataset folder.
-
-    Args:
-        source: datalist file, or folder in the task's layout (discovered without reading voxels;
-            cases with a missing file keep a ``problem`` and are reported as failed).
-        task: the task (for folder discovery).
-        split: ``all``, ``training`` or ``testing`` datalist entries.
-        fold: keep only training entries of this fold.
-
-    Raises:
-        ValueError: a datalist of another task, or a case id (given, or made from an entry's file
-            names) that is not a safe file name or appears twice, naming ``source`` and the entries.
-    """
-    from brats_pipeline.constants import get_task
-    from brats_pipeline.data.datalist import load_datalist
-    from brats_pipeline.data.discovery import discover_cases
-    from brats_pipeline.inference.loading import case_id_of, image_files
-    from preprocessing.identity import check_case_ids
-
-    source = Path(source)
-    if source.is_dir():
-        records = discover_cases(source, task)
-        return [{"case_id": r.case_id, "image": r.image, "label": r.label, "problem": r.problem, "problem_file": r.problem_file}
-                for r in records]
-    datalist = load_datalist(source)
-    if get_task(datalist["task"]).name != get_task(task).name:  # as the bundle's reader: labels of one task only
-        raise ValueError(f"{source}: datalist of task {datalist['task']!r}, but the model is for {get_task(task).name!r}")
-    if fold is not None:
-        cases = [e for e in datalist.get("training", []) if e.get("fold") == fold]
-    else:
-        cases = [e for k in (("training", "testing") if split == "all" else (split,)) for e in datalist.get(k, [])]
-    named = []
-    for case in cases:  # ids made from file names too (load_datalist checked the given ones)
-        try:
-            named.append((case_id_of(case), f"the entry of {image_files(case)[0]}"))
-        except (ValueError, TypeError, IndexError):  # an unusable entry: reported as a failed case
-            continue
-    check_case_ids(named, source)
-    return cases
 
 
 def _postprocess_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -188,6 +150,7 @@ def build_predictor(args: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``brats-infer``; returns the exit status (0 all done, 1 some case failed, 2 bad arguments)."""
     args = build_parser().parse_args(argv)
+    from brats_pipeline.data.cases import read_cases
     from brats_pipeline.inference.batch import run_batch, select_shard
     from preprocessing.outputs import prepare_output_folder
     from preprocessing.sharding import manifest_stem, parse_shard
@@ -195,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         shard = parse_shard(args.shard) if args.shard else None
         predictor = build_predictor(args)
-        cases = load_cases(args.input, predictor.task, args.split, args.fold)
+        cases = read_cases(args.input, predictor.task, split=args.split, fold=args.fold)
         prepare_output_folder(args.out, depth=1)  # an existing file, under a file, not writable: a usage error
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"brats-infer: error: {exc}", file=sys.stderr)

@@ -9,21 +9,23 @@ file's affine, exactly as ``LoadImaged(ensure_channel_first=True)`` would. The r
 steps are :func:`brats_pipeline.data.transforms.deterministic_transforms` without its loading
 step, so inference sees what training saw, and ``Invertd`` can undo the spatial steps:
 :func:`prepare_case` runs the transforms on a case, :func:`invert_probabilities` maps the
-network's output back onto the input's grid.
+network's output back onto the input's grid. :func:`image_files` and :func:`case_id_of` read a case
+(defined in :mod:`brats_pipeline.data.cases`, the one case reader).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import Executor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from brats_pipeline.constants import Task, get_task
+from brats_pipeline.data.cases import case_id_of, image_files
 from brats_pipeline.data.modalities import base_task, channel_indices, select_case
+
+__all__ = ["ParallelLoadImaged", "case_id_of", "image_files", "inference_transforms", "invert_probabilities", "prepare_case"]
 
 
 class ParallelLoadImaged:
@@ -104,16 +106,6 @@ def _read_modality(path: str) -> tuple[np.ndarray, Any]:
     return read_array(path, check_constant=True)
 
 
-def image_files(case: Mapping[Hashable, Any]) -> list[str]:
-    """The ``image`` file(s) of a case as a list of strings (errors name the case)."""
-    image = case.get("image")
-    if isinstance(image, (str, os.PathLike)):
-        return [str(image)]
-    if isinstance(image, Sequence) and image and all(isinstance(f, (str, os.PathLike)) for f in image):
-        return [str(f) for f in image]
-    raise ValueError(f"case {case.get('case_id', '?')}: 'image' must be a file or a list of files, got {image!r}")
-
-
 def inference_transforms(
     task: str | Task,
     executor: Executor | None = None,
@@ -142,16 +134,6 @@ def inference_transforms(
     )
     steps = [t for t in det.transforms if not isinstance(t, LoadImaged)]
     return Compose([ParallelLoadImaged(task, executor), *steps])
-
-
-def case_id_of(case: Mapping[Hashable, Any]) -> str:
-    """``case_id`` of a case, or the first image file's name without modality suffix."""
-    if case.get("case_id"):
-        return str(case["case_id"])
-    from preprocessing.io import strip_nifti_suffix
-
-    first = Path(image_files(case)[0])
-    return first.parent.name if len(image_files(case)) > 1 else strip_nifti_suffix(first.name)
 
 
 def prepare_case(transform: Any, case: Mapping[Hashable, Any], task: Task) -> dict[Hashable, Any]:

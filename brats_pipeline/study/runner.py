@@ -22,7 +22,7 @@ it resumes from its newest readable ``last.ckpt`` or Slurm HPC checkpoint (``hpc
 key changed (an edited override, base config, datalist or seed) has another folder: nothing of the
 old one is reused.
 
-**Training** is ``brats-train``'s own CLI, built in-process (:func:`brats_pipeline.cli.train.build_cli`
+**Training** is ``brats-train``'s own CLI, built in-process (:func:`brats_pipeline.training_cli.build_cli`
 with ``run=False``, then ``trainer.fit``): ``--config BASE``, the arm's overrides, then the
 study's ``data.datalist``, ``data.fold``, ``seed_everything``, output folders, a
 ``ResumableCSVLogger`` and ``--checkpoint.save_top_k -1`` (a checkpoint at every validation).
@@ -195,7 +195,7 @@ def _program_name_only() -> Any:
 
 def build_arm_cli(study: Study, arm: Arm, argv: Sequence[str]) -> Any:
     """``brats-train``'s CLI for ``argv``, not run; a refused option is a :class:`StudyError` naming the study and the arm."""
-    from brats_pipeline.cli.train import build_cli
+    from brats_pipeline.training_cli import build_cli
 
     captured = io.StringIO()
     try:  # sys.argv is brats-study's, not these arguments: LightningCLI would warn that both are given
