@@ -1,11 +1,13 @@
 """The one LightningModule: any network, any loss, sliding-window validation with per-region Dice.
 
 A new architecture is a new file in :mod:`brats_pipeline.networks`, never a new module here:
-:class:`BratsSegmentationModule` receives the network (a registry name + options, or an
-``nn.Module`` built elsewhere, e.g. by a MONAI bundle config), the loss (by name), the
-optimiser and learning-rate schedule (callables, as LightningCLI's ``OptimizerCallable`` and
-``LRSchedulerCallable``: ``--model.optimizer torch.optim.SGD --model.optimizer.lr 0.01``) and
-the sliding-window inferer parameters.
+:class:`BratsSegmentationModule` receives objects — the network (an ``nn.Module`` built
+elsewhere, e.g. by a MONAI bundle config, or a registry name + options), the loss (an
+``nn.Module`` such as MONAI's ``DiceCELoss``, or a name), the optimiser and learning-rate
+schedule (callables, as LightningCLI's ``OptimizerCallable`` and ``LRSchedulerCallable``:
+``--model.optimizer torch.optim.SGD --model.optimizer.lr 0.01``) and the whole-volume inferer
+(a MONAI ``Inferer``, or its parameters). Names and parameters are conveniences for configs
+and the command line; an object given is used as it is.
 
 Batches: ``image`` (B, C, X, Y, Z) float; ``label`` (B, R, X, Y, Z) region channels (0/1
 float). Outputs are region logits; probabilities are ``sigmoid(logits)``. With
@@ -42,7 +44,7 @@ The optimiser and schedule are not hyper-parameters (they belong to the run, see
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -78,9 +80,12 @@ class BratsSegmentationModule(pl.LightningModule):
             channels in the task's order, :mod:`brats_pipeline.data.modalities`); default: all of
             them. Recorded in the hyper-parameters (and so in checkpoints, for the predictor);
             ``brats-train`` links it to ``data.modalities``.
-        loss: loss name for :func:`brats_pipeline.losses.build_loss`, built in ``output_mode``
-            (softmax: ``ce``, ``dice``, ``dice_ce``, ``dice_focal``, ... with class-index targets).
-        loss_kwargs: options for the loss.
+        loss: the loss, ``(logits, target) -> scalar``: an ``nn.Module`` (e.g. MONAI
+            ``DiceCELoss(sigmoid=True)``; it must fit ``output_mode``: region channels with
+            sigmoid, class indices with softmax), or a name for
+            :func:`brats_pipeline.losses.build_loss`, built in ``output_mode`` (softmax: ``ce``,
+            ``dice``, ``dice_ce``, ``dice_focal``, ... with class-index targets).
+        loss_kwargs: options for a loss given by name.
         optimizer: ``params -> Optimizer`` (LightningCLI ``OptimizerCallable``), e.g.
             ``functools.partial(torch.optim.SGD, lr=0.01, momentum=0.99, nesterov=True)``;
             default :func:`default_optimizer` (AdamW 1e-3, weight decay 1e-5).
@@ -89,6 +94,10 @@ class BratsSegmentationModule(pl.LightningModule):
             length and stepped every optimiser step; ``ReduceLROnPlateau`` is stepped every
             epoch on ``val/dice_mean`` (give it ``mode="max"``); any other scheduler every epoch.
             Default :func:`default_lr_scheduler` (one warm-up epoch, then cosine).
+        inferer: the whole-volume inferer of validation/test/predict, ``(volumes, network) ->
+            logits`` (a MONAI ``SlidingWindowInferer``, ``SliceInferer``, or
+            :func:`brats_pipeline.inference.inferers.build_inferer`'s); ``None`` builds one from
+            ``roi_size``, ``sw_batch_size``, ``overlap``, ``blend_mode``, ``slice_axis``, ``context``.
         roi_size: sliding-window size (x, y, z) for validation/prediction; for a 2D network the
             two in-plane sizes (or x, y, z, the slice axis' entry ignored).
         sw_batch_size: windows (2D: slices) per forward pass.
@@ -110,10 +119,11 @@ class BratsSegmentationModule(pl.LightningModule):
         task: str = "brats2021",
         in_channels: int | None = None,
         modalities: Sequence[str] | None = None,
-        loss: str = "dice_ce",
+        loss: str | nn.Module = "dice_ce",
         loss_kwargs: dict[str, Any] | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = default_lr_scheduler,
+        inferer: Callable[..., Any] | None = None,
         roi_size: Sequence[int] = (128, 128, 128),
         sw_batch_size: int = 2,
         overlap: float = 0.5,
@@ -131,8 +141,6 @@ class BratsSegmentationModule(pl.LightningModule):
             raise ValueError(f"lr_scheduler must be None or a callable (optimizer -> scheduler), e.g. "
                              f"functools.partial(brats_pipeline.schedules.ProgressLR, shape='poly'), got {lr_scheduler!r}")
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         from brats_pipeline.data.modalities import select_modalities
 
         self.task = select_modalities(get_task(task), modalities, "model.modalities")
@@ -147,12 +155,16 @@ class BratsSegmentationModule(pl.LightningModule):
 
         check_slice_axis(slice_axis)
         network_in = in_channels * (2 * check_context(context) + 1)  # 2.5D: neighbours as channels
+        if inferer is not None and not callable(inferer):
+            raise ValueError(f"inferer must be a MONAI inferer or a callable (inputs, network) -> logits, got {inferer!r}")
+        objects = ["optimizer", "lr_scheduler", "inferer"]  # objects received are not hyper-parameters
+        objects += [name for name, value in (("network", network), ("loss", loss)) if isinstance(value, nn.Module)]
+        self.save_hyperparameters(ignore=objects)
         if isinstance(network, nn.Module):
-            self.save_hyperparameters(ignore=["network", "optimizer", "lr_scheduler"])
             self.network = network
         else:
-            self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
             self.network = build_network(network, network_in, self.task.output_channels(output_mode), **(network_kwargs or {}))
+        self._inferer = inferer
         # the modalities read, in channel order (None: in_channels set alone to another count; unknown)
         self.hparams["modalities"] = list(self.task.modality_names) if in_channels == len(self.task.modalities) else None
         self.network_config = self._record_network(network_in)
@@ -160,13 +172,10 @@ class BratsSegmentationModule(pl.LightningModule):
         self.spatial_dims = spatial_dims_of(self.network, default=3)
         if context and self.spatial_dims != 2:
             raise ValueError(f"context={context} (2.5D) needs a 2D network; {type(self.network).__name__} is {self.spatial_dims}D")
+        if inferer is not None:
+            self._record_inferer(inferer)
         self.inferer()  # validates roi_size, overlap, blend_mode for this dimensionality
-        from brats_pipeline.losses import build_loss
-
-        if "mode" in (loss_kwargs or {}):
-            raise ValueError(f"loss_kwargs {{'mode': {loss_kwargs['mode']!r}}}: the loss mode is the module's output_mode; "
-                             "set --model.output_mode softmax (or sigmoid) instead")
-        self.loss_fn = build_loss(loss, mode=output_mode, **(loss_kwargs or {}))
+        self.loss_fn = self._build_loss(loss, loss_kwargs, output_mode)
         self._scores: ValidationSums | None = None  # the epoch's per-case sums (validation, test)
         #: optimiser steps whose gradients were not finite (zeroed; see :meth:`on_before_optimizer_step`)
         self.nonfinite_steps = 0
@@ -181,8 +190,45 @@ class BratsSegmentationModule(pl.LightningModule):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.network(image)
 
+    @staticmethod
+    def _build_loss(loss: str | nn.Module, loss_kwargs: dict[str, Any] | None, output_mode: str) -> nn.Module:
+        if isinstance(loss, nn.Module):
+            if loss_kwargs:
+                raise ValueError(f"loss_kwargs {loss_kwargs} go with a loss given by name; {type(loss).__name__} was given "
+                                 "as an object: set its options where it is built")
+            return loss
+        if not isinstance(loss, str):
+            raise ValueError(f"loss must be a loss name or an nn.Module (logits, target) -> scalar, got {loss!r}")
+        from brats_pipeline.losses import build_loss
+
+        if "mode" in (loss_kwargs or {}):
+            raise ValueError(f"loss_kwargs {{'mode': {loss_kwargs['mode']!r}}}: the loss mode is the module's output_mode; "
+                             "set --model.output_mode softmax (or sigmoid) instead")
+        return build_loss(loss, mode=output_mode, **(loss_kwargs or {}))
+
+    def _record_inferer(self, inferer: Any) -> None:
+        """Write a received inferer's window settings into the hyper-parameters (checkpoints: the ``Predictor`` reads them).
+
+        Raises:
+            ValueError: its slice axis or 2.5D context differs from ``slice_axis``/``context``
+                (the data module draws the training slices with those).
+        """
+        hp = self.hparams
+        theirs = {"slice_axis": getattr(inferer, "spatial_dim", None), "context": getattr(inferer, "context", None)}
+        if theirs["slice_axis"] is not None and theirs["context"] is None:
+            theirs["context"] = 0  # a plain SliceInferer: 2D
+        for name, value in theirs.items():
+            if value is not None and int(value) != int(hp[name]):
+                raise ValueError(f"the inferer's {name} is {value}, the module's {name} {hp[name]}; set {name}={value}")
+        for name, attr in (("roi_size", "roi_size"), ("sw_batch_size", "sw_batch_size"), ("overlap", "overlap"), ("blend_mode", "mode")):
+            value = getattr(inferer, attr, None)
+            if value is not None:
+                hp[name] = [int(v) for v in value] if name == "roi_size" else (str(getattr(value, "value", value)) if name == "blend_mode" else value)
+
     def inferer(self) -> Any:
-        """The MONAI inferer for whole volumes (:func:`brats_pipeline.inference.inferers.build_inferer`)."""
+        """The MONAI inferer for whole volumes: the one received, else :func:`~brats_pipeline.inference.inferers.build_inferer`'s."""
+        if self._inferer is not None:
+            return self._inferer
         from brats_pipeline.inference.inferers import build_inferer
 
         hp = self.hparams
