@@ -7,8 +7,8 @@
 * :func:`network_state_dict` takes the plain network weights out of a checkpoint,
   :func:`save_state_dict` writes them atomically (a bundle's ``models/model.pt``) and
   :func:`load_state_dict_strict` loads a weights file into a network, strictly;
-* :func:`read_bundle` reads a MONAI bundle's network, weights file, task and inference settings
-  from ``configs/inference.json`` (MONAI's ``ConfigParser``).
+* :func:`read_bundle` reads a MONAI bundle's network, weights file, task, inference settings and its
+  ``inferer`` object from ``configs/inference.json`` (MONAI's ``ConfigParser``).
 
 Used by :class:`~brats_pipeline.inference.Predictor`, the bundle tools and callbacks.
 """
@@ -25,16 +25,17 @@ from torch import nn
 
 from brats_pipeline.constants import get_task
 
-#: ``(config id in inference.json, Predictor argument)`` read by :func:`read_bundle`.
+#: ``(config id in inference.json, Predictor argument)`` read by :func:`read_bundle` (the inferer is built whole).
 BUNDLE_SETTINGS = (
-    ("inferer#roi_size", "roi_size"), ("inferer#sw_batch_size", "sw_batch_size"),
-    ("inferer#overlap", "overlap"), ("inferer#mode", "blend_mode"),
-    ("inferer#slice_axis", "slice_axis"), ("inferer#spatial_dim", "slice_axis"),
-    ("inferer#context", "context"), ("modalities", "modalities"),
+    ("modalities", "modalities"),
     ("preprocessing#spacing", "spacing"), ("preprocessing#orientation", "orientation"),
     ("preprocessing#crop_foreground", "crop_foreground"),
     ("output_mode", "output_mode"),
+    ("postprocess", "postprocess"),  # the post-processing steps the bundle's RegionsToLabelsd runs
 )
+#: Predictor arguments that :func:`read_bundle` sets on the bundle's ``inferer`` (its key there) before building it.
+INFERER_KEYS = {"roi_size": "roi_size", "sw_batch_size": "sw_batch_size", "overlap": "overlap", "blend_mode": "mode",
+                "slice_axis": "slice_axis", "context": "context"}
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -229,16 +230,24 @@ def save_state_dict(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def read_bundle(root: str | os.PathLike, task: str | None = None) -> tuple[nn.Module, Path, str, dict[str, Any]]:
+def read_bundle(
+    root: str | os.PathLike, task: str | None = None, inferer_overrides: Mapping[str, Any] | None = None
+) -> tuple[nn.Module, Path, str, dict[str, Any]]:
     """A MONAI bundle's ``network_def`` (built, no weights), weights file, task and inference settings.
 
     ``network_def`` is instantiated with MONAI's ``ConfigParser``; the task comes from ``task``
     in ``inference.json`` (or ``metadata.json``) unless given; the settings are the plain
-    values of :data:`BUNDLE_SETTINGS` present in ``inference.json`` (``@`` references resolved).
+    values of :data:`BUNDLE_SETTINGS` present in ``inference.json`` (``@`` references resolved)
+    and ``inferer``: the bundle's own ``inferer`` object, instantiated as ``monai.bundle run`` and
+    MONAI Label do, with ``inferer_overrides`` (Predictor arguments of :data:`INFERER_KEYS`:
+    ``roi_size``, ``overlap``, ``blend_mode`` -> ``mode`` ...) set on it first, as
+    ``--inferer#overlap 0.25`` on MONAI's command line would. A bundle without ``inferer``: the
+    overrides are returned as settings (the predictor builds its inferer from them).
 
     Raises:
         FileNotFoundError: ``configs/inference.json`` or ``models/model.pt`` is missing.
-        ValueError: no task, or a config that does not build a network.
+        ValueError: no task, a config that does not build a network, or an ``inferer`` that
+            cannot be built (with the overrides).
     """
     import json
 
@@ -273,7 +282,33 @@ def read_bundle(root: str | os.PathLike, task: str | None = None) -> tuple[nn.Mo
         value = _bundle_value(parser, src)
         if value is not None or dst in ("spacing", "orientation"):  # null is meaningful for these two
             settings[dst] = tuple(value) if isinstance(value, (list, tuple)) else value
+    if "inferer" in parser.config:
+        settings["inferer"] = _bundle_inferer(parser, config_file, dict(inferer_overrides or {}))
+    else:
+        settings.update(inferer_overrides or {})
     return network, weights, str(task), settings
+
+
+def _bundle_inferer(parser: Any, config_file: Path, overrides: dict[str, Any]) -> Any:
+    """The bundle's ``inferer``, instantiated (``@`` references resolved) after setting ``overrides`` on it."""
+    unknown = sorted(set(overrides) - set(INFERER_KEYS))
+    if unknown:
+        raise ValueError(f"{unknown} are not inferer settings; choose among {sorted(INFERER_KEYS)}")
+    node = parser.config["inferer"]
+    if overrides and not (isinstance(node, Mapping) and "_target_" in node):
+        raise ValueError(f"{config_file}: 'inferer' is not a '_target_' config, so {sorted(overrides)} cannot be set on it; "
+                         "change the bundle's inferer instead")
+    for name, value in overrides.items():
+        key = "spatial_dim" if name == "slice_axis" and "spatial_dim" in node else INFERER_KEYS[name]  # MONAI SliceInferer
+        parser[f"inferer#{key}"] = list(value) if isinstance(value, tuple) else value
+    try:
+        inferer = parser.get_parsed_content("inferer")
+    except Exception as exc:  # a MONAI instantiation error names the target; say which file and settings
+        given = f" with {overrides}" if overrides else ""
+        raise ValueError(f"{config_file}: its 'inferer' could not be built{given}: {exc}") from exc
+    if not callable(inferer):
+        raise ValueError(f"{config_file}: 'inferer' built {type(inferer).__name__}, not a callable (inputs, network) -> logits")
+    return inferer
 
 
 def _bundle_has(parser: Any, id_: str) -> bool:
@@ -295,4 +330,4 @@ def _bundle_value(parser: Any, id_: str) -> Any:
         return None
     if hasattr(value, "tolist"):
         value = value.tolist()
-    return value if isinstance(value, (str, int, float, bool, list, tuple)) else None
+    return value if isinstance(value, (str, int, float, bool, list, tuple, dict)) else None

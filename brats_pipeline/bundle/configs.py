@@ -20,6 +20,15 @@ __all__ = ["DEVICE_EXPR", "evaluate_config", "inference_config", "multi_gpu_conf
 
 
 def _inferer(spec: BundleSpec) -> dict[str, Any]:
+    """The whole-volume inferer; with ``mirror_axes`` wrapped in a MirrorInferer (test-time mirroring)."""
+    inferer = _window_inferer(spec)
+    if not spec.mirror_axes:
+        return inferer
+    return {"_target_": "brats_pipeline.inference.inferers.MirrorInferer", "inferer": inferer,
+            "mirror_axes": list(spec.mirror_axes), "activation": spec.output_mode}
+
+
+def _window_inferer(spec: BundleSpec) -> dict[str, Any]:
     if spec.spatial_dims == 3:
         return {"_target_": "SlidingWindowInferer", "roi_size": "@roi_size", "sw_batch_size": spec.sw_batch_size,
                 "overlap": spec.overlap, "mode": spec.blend_mode}
@@ -53,22 +62,27 @@ def _output_mode_ids(spec: BundleSpec) -> dict[str, Any]:
 
 
 def _uses_output_mode(spec: BundleSpec) -> dict[str, Any]:
-    """``"output_mode": "@output_mode"`` for the module of a softmax bundle."""
+    """``"output_mode": "@output_mode"`` for the module and the evaluator of a softmax bundle."""
     return {"output_mode": "@output_mode"} if spec.output_mode != "sigmoid" else {}
 
 
 def _postprocessing(spec: BundleSpec) -> list[dict[str, Any]]:
-    """Network output -> the task's labels on the input's grid: sigmoid, threshold, regions -> labels; or
+    """Network output -> the task's labels on the input's grid: sigmoid, regions (p > threshold) -> labels; or
     softmax, argmax, classes -> label values (probabilities are inverted to the input's grid first)."""
     invert = {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
               "nearest_interp": False, "to_tensor": True}
     if spec.output_mode == "softmax":
+        if spec.postprocess:
+            raise ValueError(f"bundle {spec.name}: postprocess steps are for sigmoid (region) bundles")
         return [{"_target_": "Activationsd", "keys": "pred", "softmax": True}, invert,
                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
                 {"_target_": "brats_pipeline.bundle.ClassesToLabelsd", "keys": "pred", "task": "@task"}]
-    return [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}, invert,
-            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
-            {"_target_": "brats_pipeline.bundle.RegionsToLabelsd", "keys": "pred", "task": "@task"}]
+    # RegionsToLabelsd thresholds itself (p > 0.5, as the Predictor; MONAI's AsDiscreted takes p >= 0.5, which
+    # differs where a probability is exactly 0.5), so monai.bundle run, MONAI Label and brats-infer agree voxel for voxel
+    to_labels = {"_target_": "brats_pipeline.bundle.RegionsToLabelsd", "keys": "pred", "task": "@task", "threshold": 0.5}
+    if spec.postprocess:  # the Predictor's own post-processing steps, with the same settings (read_bundle reads @postprocess)
+        to_labels["postprocess"] = "@postprocess"
+    return [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}, invert, to_labels]
 
 
 def _case_split(spec: BundleSpec, part: str) -> dict[str, Any]:
@@ -117,7 +131,7 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
         "train": {
             "dataset": _case_split(spec, "train"),
             "handlers": [],
-            "inferer": _inferer(spec),
+            "inferer": _window_inferer(spec),  # validation: the window inferer (no test-time mirroring)
             "datamodule": {
                 "_target_": "brats_pipeline.bundle.split_datamodule", "train": "@train#dataset",
                 "validate": "@validate#dataset", "task": "@task", "datalist_path": "$@output_dir + '/datalist_split.json'",
@@ -196,6 +210,7 @@ def inference_config(spec: BundleSpec) -> dict[str, Any]:
             "transform": "@preprocessing",
         },
         "inferer": _inferer(spec),
+        **({"postprocess": dict(spec.postprocess)} if spec.postprocess else {}),
         "postprocessing": {
             "_target_": "Compose",
             "transforms": _postprocessing(spec),
@@ -203,9 +218,11 @@ def inference_config(spec: BundleSpec) -> dict[str, Any]:
         "writer": {"_target_": "brats_pipeline.bundle.LabelWriter", "output_dir": "@output_dir", "postfix": "seg"},
         "scorer": None,
         "evaluator": {
+            # one inference engine: the runner's Predictor (the one of brats-infer --bundle) gets the network and inferer
             "_target_": "brats_pipeline.bundle.BundleRunner", "dataset": "@dataset", "network": "@network",
             "inferer": "@inferer", "postprocessing": "@postprocessing", "writer": "@writer", "scorer": "@scorer",
-            "device": "@device", "amp": "@amp", "overwrite": "@overwrite",
+            "device": "@device", "amp": "@amp", "overwrite": "@overwrite", "task": "@task", **_reads_modalities(spec),
+            **_uses_output_mode(spec),
         },
         "run": ["$@evaluator.run()"],
     }

@@ -67,6 +67,25 @@ into 5 patient-level folds, recorded in `runs/datalist.json`."""
     return textwrap.fill(text, width=100, break_on_hyphens=False, break_long_words=False)
 
 
+def _inference_settings(spec: BundleSpec) -> str:
+    """The test-time mirroring and post-processing of ``inference.json`` (chosen by cross-validation), if any."""
+    steps = []
+    if spec.mirror_axes:
+        axes = ", ".join("xyz"[a] for a in spec.mirror_axes)
+        steps.append(f"the probabilities are the mean over the volume and its mirror image along {axes} "
+                     f"(`inferer` is a `MirrorInferer` around the slice inferer)")
+    if spec.postprocess:
+        options = ", ".join(f"{k}={v}" for k, v in spec.postprocess)
+        steps.append(f"the label map is post-processed by `RegionsToLabelsd` with `postprocess` ({options}: "
+                     "only the largest 26-connected tumour component is kept)" if dict(spec.postprocess).get("keep_largest")
+                     else f"the label map is post-processed by `RegionsToLabelsd` with `postprocess` ({options})")
+    if not steps:
+        return ""
+    return ("\nInference: " + "; ".join(steps) + ". Both were chosen by 5-fold cross-validation on held-out patients "
+            "(`benchmarks/bench_lgg_postprocess.py`); `brats-infer --bundle` (the `Predictor`) reads the same `inferer` "
+            "and `postprocess` ids, so it writes the same labels as `monai.bundle run` and MONAI Label.\n")
+
+
 def _shipped(spec: BundleSpec) -> str:
     """``## Shipped weights``: how ``models/model.pt`` was made (bundles that ship weights)."""
     if not spec.shipped:
@@ -181,7 +200,7 @@ Labels ({task.name}; 0 is background):
 {labels}
 
 {outputs}
-
+{_inference_settings(spec)}
 ## Training recipe
 {_recipe(spec)}
 

@@ -1,6 +1,8 @@
 """The ``evaluator`` of ``configs/inference.json``: predict each case, write its label map, optionally score it.
 
-:class:`BundleRunner` runs the bundle's preprocessing, inferer and postprocessing case by case;
+:class:`BundleRunner` runs the bundle's preprocessing, then the network through the bundle's
+inferer with :class:`~brats_pipeline.inference.Predictor` (the one inference engine, the very one
+``brats-infer --bundle`` uses), then the bundle's postprocessing, case by case;
 :class:`LabelWriter` writes each label NIfTI in its input's own geometry (atomically), and
 :class:`CaseScorer` (``evaluate.json``) scores it against the truth. Cases already done are
 skipped, a bad case is recorded (:class:`CaseOutcome`, its error's :func:`root_cause`) and the
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,23 +130,30 @@ class CaseOutcome:
 class BundleRunner:
     """``evaluator`` of ``inference.json``: predict each case, write its label map, optionally score it.
 
-    Per case: preprocessing (``dataset[i]``), sliding-window inference, postprocessing
-    (sigmoid, ``Invertd`` back to the input grid, threshold, regions -> labels), then
-    ``writer`` and ``scorer``. A case whose output exists is not predicted again (its saved
+    Per case: preprocessing (``dataset[i]``), the network's logits through ``inferer`` by a
+    :class:`~brats_pipeline.inference.Predictor` built from ``network``, ``task`` and ``inferer``
+    (:meth:`~brats_pipeline.inference.Predictor.logits`: channel checks, bf16 autocast of the
+    network on CUDA; the engine of ``brats-infer``), then ``postprocessing`` (activation,
+    ``Invertd`` back to the input grid, threshold, regions or classes -> labels), ``writer`` and
+    ``scorer``. The three ids MONAI Label runs itself (``preprocessing``, ``inferer``,
+    ``postprocessing``) are the bundle's, so ``monai.bundle run``, MONAI Label and ``brats-infer
+    --bundle`` write the same labels. A case whose output exists is not predicted again (its saved
     label is scored) unless ``overwrite``. A failing case is recorded and the run goes on;
-    ``manifest.json`` beside the outputs lists every case's outcome, and :meth:`run` raises
-    at the end if any case failed (so ``monai.bundle run`` exits non-zero).
+    ``manifest.json`` beside the outputs lists every case's outcome, and :meth:`run` raises at
+    the end if any case failed (so ``monai.bundle run`` exits non-zero).
 
     Args:
         dataset: a MONAI ``Dataset`` (``data`` = cases, ``transform`` = preprocessing).
         network: the loaded network (:func:`~brats_pipeline.bundle.inference.load_network`).
-        inferer: e.g. ``SlidingWindowInferer``.
-        postprocessing: dictionary transform producing ``pred`` as a ``(1, X, Y, Z)`` label map.
+        inferer: the bundle's ``inferer`` (``SlidingWindowInferer``, ...), injected into the predictor.
+        postprocessing: dictionary transform producing ``pred`` as a ``(1, X, Y, Z)`` label map
+            from the logits ``pred`` ``(R, X', Y', Z')``.
         writer: :class:`LabelWriter`.
         scorer: :class:`CaseScorer` or ``None``.
         device: where the network runs.
         amp: bf16 autocast on CUDA.
         overwrite: predict cases whose output already exists.
+        task: the bundle's task (channel checks); ``modalities``, ``output_mode``: the bundle's, if it has them.
     """
 
     def __init__(
@@ -158,23 +167,26 @@ class BundleRunner:
         device: Any = "cpu",
         amp: bool = True,
         overwrite: bool = False,
+        task: str | Task | None = None,
+        modalities: Sequence[str] | None = None,
+        output_mode: str = "sigmoid",
     ) -> None:
-        self.dataset, self.network, self.inferer, self.postprocessing = dataset, network, inferer, postprocessing
-        self.writer, self.scorer = writer, scorer
-        self.device, self.amp, self.overwrite = as_device(device), bool(amp), bool(overwrite)
+        from brats_pipeline.inference import Predictor
+
+        if task is None:
+            raise ValueError("BundleRunner needs the bundle's task ('\"task\": \"@task\"' in the evaluator of "
+                             "inference.json; 'brats-bundle generate' writes it)")
+        self.dataset, self.postprocessing = dataset, postprocessing
+        self.writer, self.scorer, self.overwrite = writer, scorer, bool(overwrite)
+        self.predictor = Predictor(network, task, inferer=inferer, device=as_device(device), amp=amp,
+                                   modalities=modalities, output_mode=output_mode, read_threads=1)
 
     def predict(self, data: Mapping[Hashable, Any]) -> np.ndarray:
-        """Label map ``(X, Y, Z)`` uint8 of one preprocessed case."""
-        import contextlib
-
+        """Label map ``(X, Y, Z)`` uint8 of one preprocessed case: :meth:`Predictor.logits`, then ``postprocessing``."""
         import torch
 
-        image = data["image"]
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp and self.device.type == "cuda"
-                    else contextlib.nullcontext())
-        with torch.no_grad(), autocast:
-            logits = self.inferer(torch.as_tensor(image)[None].to(self.device), self.network)
-        out = self.postprocessing({**data, "pred": logits[0].float().cpu()})
+        logits = self.predictor.logits(data["image"]).cpu().clone()  # clone: a plain tensor, not an inference-mode one
+        out = self.postprocessing({**data, "pred": logits})
         label = np.asarray(torch.as_tensor(out["pred"]).cpu().numpy())
         return label[0] if label.ndim == 4 else label
 

@@ -134,6 +134,8 @@ class BundleSpec:
     )
     modalities: tuple[str, ...] | None = None
     output_mode: str = "sigmoid"
+    mirror_axes: tuple[int, ...] = ()
+    postprocess: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         check_output_mode(self.output_mode)
@@ -259,6 +261,9 @@ BUNDLES: dict[str, BundleSpec] = {
         "Kerfoot et al., Left-Ventricle Quantification Using Residual U-Net, STACOM 2018 (MONAI UNet); 2D LGG "
         "segmentation: Buda et al., Computers in Biology and Medicine 2019",
         save_weights="final",
+        # inference settings chosen by cross-validation (benchmarks/bench_lgg_postprocess.py; README "LGG")
+        mirror_axes=(0,),
+        postprocess=(("keep_largest", True),),
         shipped=(
             ("training data", "all 50 patients of ../shared/data/lgg (ids: docs/training_cases.txt), nothing else"),
             ("steps / epochs", "3000 optimiser steps (40 epochs of every tumour slice plus as many empty ones), batch 16"),
@@ -270,8 +275,10 @@ BUNDLES: dict[str, BundleSpec] = {
         data_source=("TCGA lower-grade glioma FLAIR-abnormality data of Buda et al. 2019 (110 patients; "
                      "kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation), as NIfTI per patient: "
                      "<ID>_t1, <ID>_flair, <ID>_t1c, <ID>_seg; 256 x 256 axial slices, thick and of unknown spacing"),
-        version="0.2.1",
+        version="0.3.0",
         changelog=(
+            ("0.3.0", "the recipe's 5000 steps (was 3000); inference averages the left-right mirror and keeps the "
+                      "largest connected component (both chosen by 5-fold cross-validation); weights retrained"),
             ("0.2.1", _METADATA_CHANGE),
             ("0.2.0", "2.5D U-Net on axial slices (unet2d 16-256, each slice with one neighbour each side: 9 "
                       "channels) trained with the LGG CPU recipe (brats_pipeline/configs/lgg_cpu.yaml); weights "

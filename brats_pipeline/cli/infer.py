@@ -86,10 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _postprocess_options(args: argparse.Namespace) -> dict[str, Any]:
-    opts: dict[str, Any] = {
+    """The post-processing options given on the command line (a bundle's own ``postprocess`` keeps the others)."""
+    given: dict[str, Any] = {
         "min_component_voxels": args.min_component, "keep_largest": args.keep_largest,
         "opening_radius": args.opening, "closing_radius": args.closing, "et_min_voxels": args.et_min_voxels,
     }
+    opts = {k: v for k, v in given.items() if v}
     if args.threshold:
         opts["threshold"] = args.threshold[0] if len(args.threshold) == 1 else tuple(args.threshold)
     return opts
@@ -117,8 +119,9 @@ def build_predictor(args: argparse.Namespace) -> Any:
 
     from brats_pipeline.inference import Predictor
 
-    overrides: dict[str, Any] = {"postprocess": _postprocess_options(args), "amp": not args.no_amp,
-                                 "read_threads": args.read_threads, "compile": args.compile}
+    overrides: dict[str, Any] = {"amp": not args.no_amp, "read_threads": args.read_threads, "compile": args.compile}
+    if postprocess := _postprocess_options(args):
+        overrides["postprocess"] = postprocess
     if args.tta or args.tta_axes:
         overrides["tta_axes"] = tuple(args.tta_axes) if args.tta_axes else (0, 1, 2)
     for name, value in (("roi_size", args.roi), ("overlap", args.overlap), ("sw_batch_size", args.sw_batch_size),

@@ -17,7 +17,8 @@ its ``inferer`` (``"_target_": "brats_pipeline.inference.inferers.build_inferer"
 
 What the inferer needs from the networks is read off them here too: :func:`shared_spatial_dims`
 (the dimensionality of an ensemble) and :func:`slice_context` (a 2D network's 2.5D neighbours, from
-its input channels).
+its input channels); :func:`inferer_settings` describes any inferer, built here or injected (manifests,
+resume keys).
 """
 
 from __future__ import annotations
@@ -61,6 +62,52 @@ class ContextSliceInferer(SliceInferer):
         return super().__call__(stack_context(plain, self.spatial_dim, self.context), network, *args, **kwargs)
 
 
+class MirrorInferer(Inferer):
+    """Test-time mirroring as an inferer: the mean probability over the volume and its mirror images.
+
+    ``inferer`` runs on the volume and on every combination of mirrors along ``mirror_axes``
+    (spatial axes, 0 = x; each output mirrored back); the probabilities (``activation``: sigmoid
+    or softmax) are averaged as :class:`~brats_pipeline.inference.Predictor`'s ``tta_axes`` average
+    them (:func:`~brats_pipeline.inference.outputs.average_probabilities`, one implementation), and
+    returned as logits of that mean (``logit(p)``; softmax: ``log p``), so a bundle's
+    ``postprocessing`` (``Activationsd``) and the ``Predictor`` it is injected into both see the
+    averaged probabilities, and MONAI Label, ``monai.bundle run`` and ``brats-infer`` agree. Window
+    settings (``roi_size``, ``spatial_dim``, ``context``, ...) are the wrapped inferer's.
+
+    Args:
+        inferer: the inferer to mirror (e.g. :func:`build_inferer`'s).
+        mirror_axes: spatial axes to mirror (e.g. ``[0]``: left-right for RAS or the LGG volumes).
+        activation: ``sigmoid`` (region channels) or ``softmax`` (classes).
+    """
+
+    def __init__(self, inferer: Callable[..., Any], mirror_axes: Sequence[int] = (0,), activation: str = "sigmoid") -> None:
+        super().__init__()
+        axes = tuple(int(a) for a in mirror_axes)
+        if not axes or len(set(axes)) != len(axes) or not set(axes) <= {0, 1, 2}:
+            raise ValueError(f"mirror_axes must be distinct spatial axes among 0 (x), 1 (y), 2 (z), got {tuple(mirror_axes)}")
+        if activation not in ("sigmoid", "softmax"):
+            raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
+        self.inferer, self.mirror_axes, self.activation = inferer, axes, activation
+
+    def __getattr__(self, name: str) -> Any:  # window settings: the wrapped inferer's
+        if name in ("inferer", "mirror_axes", "activation") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.inferer, name)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+        from brats_pipeline.inference.outputs import average_probabilities, tta_flips
+
+        def run(_: int, flip: tuple[int, ...]) -> torch.Tensor:
+            x = inputs.flip(flip) if flip else inputs
+            out = self.inferer(x, network, *args, **kwargs)
+            return (out.flip(flip) if flip else out).float()
+
+        mean = average_probabilities(run, 1, tta_flips(self.mirror_axes), self.activation)
+        if self.activation == "softmax":
+            return torch.log(mean)
+        return torch.logit(mean)
+
+
 def build_inferer(
     spatial_dims: int = 3,
     roi_size: Sequence[int] = (128, 128, 128),
@@ -88,16 +135,18 @@ def build_inferer(
         ``SlidingWindowInferer`` (3D), ``SliceInferer`` (2D) or :class:`ContextSliceInferer` (2.5D).
 
     Raises:
-        ValueError: a bad value, named (e.g. ``context`` with a 3D network).
+        ValueError: a bad value, named (e.g. ``context`` with a 3D network). This is the one check of
+            the window settings: :class:`~brats_pipeline.inference.Predictor` (its ``blend_mode`` is
+            ``mode`` here) and the training module build their inferers here.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     if isinstance(sw_batch_size, bool) or int(sw_batch_size) < 1:
-        raise ValueError(f"sw_batch_size must be at least 1, got {sw_batch_size!r}")
+        raise ValueError(f"sw_batch_size (windows per forward pass) must be at least 1, got {sw_batch_size!r}")
     if not 0 <= float(overlap) < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        raise ValueError(f"overlap (of neighbouring windows) must be in [0, 1), got {overlap}")
     if mode not in BLEND_MODES:
-        raise ValueError(f"unknown blend mode {mode!r}; choose one of {BLEND_MODES}")
+        raise ValueError(f"unknown blend mode {mode!r} (blend_mode); choose one of {BLEND_MODES}")
     check_slice_axis(slice_axis)
     check_context(context)
     common = {"sw_batch_size": int(sw_batch_size), "overlap": float(overlap), "mode": mode}
@@ -112,6 +161,49 @@ def build_inferer(
     if context:
         return ContextSliceInferer(slice_axis, context, roi_size=roi, **common)
     return SliceInferer(spatial_dim=slice_axis, roi_size=roi, **common)
+
+
+#: inferer attributes that decide what it computes (MONAI ``SlidingWindowInferer``/``SliceInferer`` and ours)
+INFERER_FIELDS = ("roi_size", "sw_batch_size", "overlap", "mode", "sigma_scale", "padding_mode", "cval",
+                  "spatial_dim", "context", "with_coord", "mirror_axes")
+
+
+def inferer_settings(inferer: Any) -> dict[str, Any]:
+    """What an inferer computes with, JSON-friendly: ``class`` and those of :data:`INFERER_FIELDS` it has.
+
+    Works on any inferer, built by :func:`build_inferer` or injected (a bundle's, any MONAI
+    ``Inferer``, a plain function: its qualified name), so two inferers that differ in a window
+    setting describe differently (the resume key of :mod:`~brats_pipeline.inference.batch`).
+    """
+    import functools
+
+    described = inferer.func if isinstance(inferer, functools.partial) else inferer
+    if isinstance(described, Inferer) or not hasattr(described, "__qualname__"):  # an object: its class
+        described = type(described)
+    settings: dict[str, Any] = {"class": f"{described.__module__}.{described.__qualname__}"}
+    if isinstance(inferer, functools.partial):  # MONAI's "_mode_": "callable"
+        settings["arguments"] = _plain({**dict(enumerate(inferer.args)), **inferer.keywords})
+    for field in INFERER_FIELDS:
+        if hasattr(inferer, field):
+            settings[field] = _plain(getattr(inferer, field))
+    return settings
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON (enums by value, sequences as lists, scalars as numbers, other objects as text)."""
+    from enum import Enum
+
+    if isinstance(value, Enum):
+        return _plain(value.value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return str(value)
 
 
 def shared_spatial_dims(networks: Sequence[nn.Module], spatial_dims: int | None) -> int:
@@ -151,4 +243,5 @@ def slice_context(network: nn.Module, task: Task, context: int | None) -> int:
     return int(context)
 
 
-__all__ = ["BLEND_MODES", "ContextSliceInferer", "build_inferer", "shared_spatial_dims", "slice_context"]
+__all__ = ["BLEND_MODES", "INFERER_FIELDS", "ContextSliceInferer", "build_inferer", "inferer_settings", "shared_spatial_dims",
+           "slice_context"]

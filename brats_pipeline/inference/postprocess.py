@@ -342,11 +342,18 @@ class RegionsToLabelsd(_LabelMapd):
     Uses ``task.regions_to_labels`` (largest region first, each painted with the label it owns),
     so the output holds the task's own label values (BraTS 2021: 0, 1, 2, 4). Meta data (affine)
     is kept. The bundle post-processing of a sigmoid (region) network.
+
+    ``postprocess``: the further steps of :class:`PostprocessConfig` (e.g. ``{"keep_largest":
+    true}``), run by :func:`postprocess` — the function the ``Predictor`` runs with the same
+    settings, so a bundle and ``brats-infer --bundle`` write the same labels.
     """
 
-    def __init__(self, keys: str | Sequence[str], task: str | Task, threshold: float = 0.5) -> None:
+    def __init__(self, keys: str | Sequence[str], task: str | Task, threshold: float = 0.5,
+                 postprocess: PostprocessConfig | Mapping[str, Any] | None = None) -> None:
         super().__init__(keys, task)
         self.threshold = float(threshold)
+        given = postprocess.to_dict() if isinstance(postprocess, PostprocessConfig) else dict(postprocess or {})
+        self.config = PostprocessConfig.from_any({"threshold": self.threshold, **given})
 
     def _check(self, key: Any, x: Any) -> None:
         if x.ndim != 4 or x.shape[0] != len(self.task.regions):
@@ -354,6 +361,8 @@ class RegionsToLabelsd(_LabelMapd):
                              f"of shape (R, X, Y, Z), got {tuple(x.shape)}")
 
     def _labels(self, x: Any) -> Any:
+        if self.config.cleans_regions:
+            return postprocess(x.float().cpu().numpy(), self.task, self.config)[None]
         return self.task.regions_to_labels(x.float() > self.threshold)[None]
 
 

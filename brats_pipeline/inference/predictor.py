@@ -45,7 +45,13 @@ from torch import nn
 
 from brats_pipeline.constants import Task, check_output_mode, get_task
 from brats_pipeline.data.modalities import is_subset, select_modalities
-from brats_pipeline.inference.inferers import BLEND_MODES, build_inferer, shared_spatial_dims, slice_context
+from brats_pipeline.inference.inferers import (
+    BLEND_MODES,
+    build_inferer,
+    inferer_settings,
+    shared_spatial_dims,
+    slice_context,
+)
 from brats_pipeline.inference.loading import invert_probabilities, prepare_case
 from brats_pipeline.inference.outputs import (
     CasePrediction,
@@ -70,7 +76,8 @@ class Predictor(FromSavedWeights):
             x, y, z, the slice axis' entry ignored).
         sw_batch_size: windows (2D: slices) per forward pass.
         overlap: overlap fraction of neighbouring windows, in ``[0, 1)``.
-        blend_mode: ``gaussian`` (window centres weigh more) or ``constant``.
+        blend_mode: ``gaussian`` (window centres weigh more) or ``constant``. These four build the
+            inferer (checked by :func:`~brats_pipeline.inference.inferers.build_inferer`) unless one is injected.
         tta_axes: spatial axes (0 = x, 1 = y, 2 = z) to mirror for test-time augmentation;
             every combination is predicted (2^k passes per network) and averaged. ``()``: off.
             For a 2D network the slice axis is left out (mirroring across slices does not
@@ -86,9 +93,13 @@ class Predictor(FromSavedWeights):
         postprocess: :class:`PostprocessConfig` (or a dict of its fields).
         read_threads: threads decoding one case's modality files concurrently.
         compile: wrap each network in ``torch.compile`` (worth it on GPUs for long batches).
-        inferer: a MONAI ``Inferer`` to use as is (it gets ``(B, C, X, Y, Z)`` volumes and must
-            return ``(B, R, X, Y, Z)`` logits); ``roi_size``, ``sw_batch_size``, ``overlap``,
-            ``blend_mode``, ``slice_axis`` and ``context`` then only describe it.
+        inferer: a MONAI ``Inferer`` (or any callable ``(inputs, network) -> logits``) to use as is, e.g.
+            a MONAI bundle's ``inferer`` (:meth:`from_bundle`): it gets ``(B, C, X, Y, Z)`` volumes and
+            must return ``(B, R, X, Y, Z)`` logits. ``roi_size``, ``sw_batch_size``, ``overlap`` and
+            ``blend_mode`` are then not used; :attr:`roi_size` and the others, and :meth:`describe`,
+            are read off the inferer (``roi_size``, ``overlap``, ``mode``, ...) where it has them. A
+            ``SliceInferer`` gives ``slice_axis`` (its ``spatial_dim``) and ``context`` (0, or a
+            :class:`~brats_pipeline.inference.inferers.ContextSliceInferer`'s).
         spatial_dims: the networks' dimensionality; ``None``: read off their first convolution
             (3 for a network without one).
         slice_axis: 2D networks: the axis slices are taken across (0 = x, 1 = y, 2 = z).
@@ -134,34 +145,34 @@ class Predictor(FromSavedWeights):
         if not nets or not all(isinstance(n, nn.Module) for n in nets):
             raise ValueError(f"networks must be one nn.Module or a non-empty list of them, got {networks!r}")
         self.spatial_dims = shared_spatial_dims(nets, spatial_dims)
+        if inferer is not None:  # used as is; a slice inferer says its slice axis and 2.5D neighbours
+            if not callable(inferer):
+                raise ValueError(f"inferer must be a MONAI Inferer or a callable (inputs, network) -> logits, got {inferer!r}")
+            slice_axis = getattr(inferer, "spatial_dim", slice_axis)
+            context = getattr(inferer, "context", 0 if hasattr(inferer, "spatial_dim") else context)  # SliceInferer: 0
         self.slice_axis = int(slice_axis)
         self.context = slice_context(nets[0], self.task, context) if self.spatial_dims == 2 else int(context or 0)
-        if not 0 <= float(overlap) < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-        if blend_mode not in BLEND_MODES:
-            raise ValueError(f"unknown blend_mode {blend_mode!r}; choose one of {BLEND_MODES}")
-        if int(sw_batch_size) < 1:
-            raise ValueError(f"sw_batch_size must be at least 1, got {sw_batch_size}")
         axes = tuple(int(a) for a in tta_axes)
         if len(set(axes)) != len(axes) or not set(axes) <= {0, 1, 2}:
             raise ValueError(f"tta_axes must be distinct spatial axes among 0 (x), 1 (y), 2 (z), got {tuple(tta_axes)}")
         if self.spatial_dims == 2:
             axes = tuple(a for a in axes if a != self.slice_axis)  # in-plane mirrors only
-        # validates roi_size, slice_axis and context for this dimensionality
-        built = build_inferer(
-            self.spatial_dims, roi_size, sw_batch_size, overlap, blend_mode, self.slice_axis, self.context,
-            cache_roi_weight_map=self.spatial_dims == 3,
-        )
-        roi = tuple(int(s) for s in roi_size)
+        if inferer is None:  # build_inferer checks the window settings, slice_axis and context for this dimensionality
+            inferer = build_inferer(self.spatial_dims, roi_size, sw_batch_size, overlap, blend_mode, self.slice_axis,
+                                    self.context, cache_roi_weight_map=self.spatial_dims == 3)
+        self._inferer: Any = inferer
+        # the window settings in use: the inferer's own where it has them (an injected one's may differ from the arguments)
+        window = inferer_settings(inferer)
+        self.roi_size = tuple(int(s) for s in window.get("roi_size", roi_size))
+        self.sw_batch_size = int(window.get("sw_batch_size", sw_batch_size))
+        over = window.get("overlap", overlap)
+        self.overlap: float | tuple[float, ...] = tuple(map(float, over)) if isinstance(over, (list, tuple)) else float(over)
+        self.blend_mode = str(window.get("mode", blend_mode))
         if spacing is not None and (len(spacing) != 3 or min(float(s) for s in spacing) <= 0):
             raise ValueError(f"spacing must be three positive sizes in mm, got {tuple(spacing)}")
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' asked for, but no CUDA device is available")
-        self.roi_size = roi
-        self.sw_batch_size = int(sw_batch_size)
-        self.overlap = float(overlap)
-        self.blend_mode = blend_mode
         self.tta_axes = axes
         self.amp = bool(amp)
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
@@ -178,7 +189,6 @@ class Predictor(FromSavedWeights):
         self._forwards = [torch.compile(n) if compile else n for n in self.networks]
         self._executor: Any = None
         self._transform: Any = None
-        self._inferer: Any = inferer if inferer is not None else built
         self._lock = threading.Lock()  # lazy set-up is shared by loader threads
         self.sources: list[str] = []  # where the weights came from (for manifests)
 
@@ -192,12 +202,13 @@ class Predictor(FromSavedWeights):
             "ensemble_size": len(self.networks),
             "roi_size": list(self.roi_size),
             "sw_batch_size": self.sw_batch_size,
-            "overlap": self.overlap,
+            "overlap": list(self.overlap) if isinstance(self.overlap, tuple) else self.overlap,
             "blend_mode": self.blend_mode,
             "spatial_dims": self.spatial_dims,
             "slice_axis": self.slice_axis if self.spatial_dims == 2 else None,
             "context": self.context,
             "inferer": type(self._inferer).__name__,
+            "inferer_settings": inferer_settings(self._inferer),
             "tta_axes": list(self.tta_axes),
             "device": str(self.device),
             "amp_bf16": self._autocast_enabled(),
@@ -212,16 +223,9 @@ class Predictor(FromSavedWeights):
     def _autocast_enabled(self) -> bool:
         return self.amp and self.device.type == "cuda"
 
-    def _flip_dims(self) -> list[tuple[int, ...]]:
-        """Mirror combinations as tensor dims of a (B, C, X, Y, Z) batch; ``()`` is the identity."""
-        return tta_flips(self.tta_axes)
-
     @property
     def inferer(self) -> Any:
         """The MONAI inferer that runs a network over whole volumes (built, or injected)."""
-        return self._inferer
-
-    def _get_inferer(self) -> Any:
         return self._inferer
 
     def predict_logits(self, image: torch.Tensor, network_index: int = 0, flip: tuple[int, ...] = ()) -> torch.Tensor:
@@ -234,7 +238,7 @@ class Predictor(FromSavedWeights):
                 return forward(x).float()
 
         x = image.flip(flip) if flip else image
-        logits = self._get_inferer()(x, run)
+        logits = self._inferer(x, run)
         return logits.flip(flip) if flip else logits
 
     def predict_volume(self, image: Any) -> torch.Tensor:
@@ -249,6 +253,35 @@ class Predictor(FromSavedWeights):
             :attr:`device`, channels in ``task.regions`` order (softmax output mode: class
             probabilities, ``task.n_classes`` channels in class order).
         """
+        x, single = self._network_input(image)
+        with torch.inference_mode():
+            probs = average_probabilities(lambda i, flip: self.predict_logits(x, i, flip), len(self.networks),
+                                          tta_flips(self.tta_axes), self.output_mode)
+        self._check_output_channels(probs)
+        return probs[0] if single else probs
+
+    def logits(self, image: Any) -> torch.Tensor:
+        """Logits of preprocessed volume(s) through the inferer: one network, no TTA (nothing to average).
+
+        For a post-processing that applies its own activation, as a MONAI bundle's ``postprocessing``
+        (:class:`~brats_pipeline.bundle.runner.BundleRunner`). ``image`` as in :meth:`predict_volume`;
+        returns ``(R, X, Y, Z)`` or ``(B, R, X, Y, Z)`` float32 on :attr:`device`.
+
+        Raises:
+            ValueError: an ensemble or TTA (their probabilities are averaged: :meth:`predict_volume`),
+                or the channels of :meth:`predict_volume`.
+        """
+        if len(self.networks) > 1 or self.tta_axes:
+            raise ValueError(f"logits are of one network without TTA; this predictor has {len(self.networks)} network(s) "
+                             f"and tta_axes {self.tta_axes}: use predict_volume (averaged probabilities)")
+        x, single = self._network_input(image)
+        with torch.inference_mode():
+            logits = self.predict_logits(x)
+        self._check_output_channels(logits)
+        return logits[0] if single else logits
+
+    def _network_input(self, image: Any) -> tuple[torch.Tensor, bool]:
+        """``image`` as a ``(B, C, X, Y, Z)`` float32 batch on the device (checked), and whether it was one volume."""
         x = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image)
         single = x.ndim == 4
         if single:
@@ -260,14 +293,12 @@ class Predictor(FromSavedWeights):
                 f"image has {x.shape[1]} channels; task {self.task.name} needs {len(self.task.modalities)} "
                 f"({', '.join(self.task.modality_names)})"
             )
-        x = x.to(self.device, torch.float32, non_blocking=True)
-        with torch.inference_mode():
-            probs = average_probabilities(lambda i, flip: self.predict_logits(x, i, flip), len(self.networks),
-                                          self._flip_dims(), self.output_mode)
-        if probs.shape[1] != self.task.output_channels(self.output_mode):
-            raise ValueError(f"the network outputs {probs.shape[1]} channels, but output_mode {self.output_mode!r} of "
+        return x.to(self.device, torch.float32, non_blocking=True), single
+
+    def _check_output_channels(self, out: torch.Tensor) -> None:
+        if out.shape[1] != self.task.output_channels(self.output_mode):
+            raise ValueError(f"the network outputs {out.shape[1]} channels, but output_mode {self.output_mode!r} of "
                              f"task {self.task.name} needs {self.task.output_channels(self.output_mode)}")
-        return probs[0] if single else probs
 
     # ------------------------------------------------------------------ cases
     def _get_transform(self) -> Any:

@@ -129,21 +129,28 @@ class FromSavedWeights:
         """A MONAI bundle: ``configs/inference.json`` (``network_def``, ``task``, ``inferer``) + ``models/model.pt``.
 
         ``network_def`` is instantiated with MONAI's ``ConfigParser`` and the weights loaded
-        strictly with :meth:`from_state_dict`. The task comes from ``task`` in
-        ``inference.json`` (or ``metadata.json``) unless given in ``overrides``; ``roi_size``,
-        ``sw_batch_size``, ``overlap``, ``mode`` and, for 2D networks, ``slice_axis`` (or MONAI
-        ``SliceInferer``'s ``spatial_dim``) and ``context`` of ``inferer`` and ``spacing``, ``orientation``
-        and ``crop_foreground`` of ``preprocessing`` are used when present (``@`` references
-        resolved), so the bundle's own settings apply.
+        strictly with :meth:`from_state_dict`. The bundle's own ``inferer`` object is instantiated
+        too (``@`` references resolved) and injected (``inferer=``), so it predicts exactly what
+        ``monai.bundle run`` and MONAI Label do; ``roi_size``, ``sw_batch_size``, ``overlap``,
+        ``blend_mode`` (``mode`` there), ``slice_axis``, ``context`` in ``overrides`` are set on that
+        config before it is built (:func:`~brats_pipeline.weights.read_bundle`). The task comes from
+        ``task`` in ``inference.json`` (or ``metadata.json``) unless given in ``overrides``;
+        ``modalities``, ``output_mode`` and ``spacing``, ``orientation`` and ``crop_foreground`` of
+        ``preprocessing`` are used when present, so the bundle's own settings apply; so is its
+        ``postprocess`` (the steps its ``RegionsToLabelsd`` runs), with the options of an
+        ``overrides["postprocess"]`` set over it.
 
         Raises:
             FileNotFoundError: a required bundle file is missing.
-            ValueError: no task, or a config that does not build a network.
+            ValueError: no task, a config that does not build a network, or an inferer that cannot be built.
         """
-        from brats_pipeline.weights import read_bundle
+        from brats_pipeline.weights import INFERER_KEYS, read_bundle
 
         root = Path(bundle_dir)
-        network, weights, task, settings = read_bundle(root, overrides.pop("task", None))
+        window = {k: overrides.pop(k) for k in INFERER_KEYS if k in overrides}
+        network, weights, task, settings = read_bundle(root, overrides.pop("task", None), window)
+        if isinstance(settings.get("postprocess"), dict) and isinstance(overrides.get("postprocess"), dict):
+            overrides["postprocess"] = {**settings["postprocess"], **overrides["postprocess"]}
         predictor = cls.from_state_dict(network, weights, task, device=device, **{**settings, **overrides})
         predictor.sources = [str(root)]
         return predictor

@@ -116,6 +116,39 @@ def test_bundle_trains_predicts_and_evaluates(name: str, cohorts: dict[str, Path
     assert "TorchScript - eager| = " in next(c.detail for c in checks if c.name == "torchscript")
 
 
+@pytest.mark.parametrize("name", EVALUATED)
+def test_bundle_runner_predicts_with_the_predictor_voxel_for_voxel(name: str, cohorts: dict[str, Path], tmp_path: Path) -> None:
+    """One engine: the evaluator's per-case prediction is a Predictor given the bundle's network and ``inferer``
+    object, and ``monai.bundle run`` writes what ``Predictor.from_bundle(...).predict_case`` (brats-infer --bundle) does."""
+    from brats_pipeline.inference import Predictor
+
+    spec = bb.get_bundle_spec(name)
+    data = cohorts[spec.task]
+    bundle = tiny_bundle(name, tmp_path)
+    network = bb.bundle_parser(bundle).get_parsed_content("network_def")
+    torch.manual_seed(3)
+    with torch.no_grad():  # large random weights: logits of both signs, so the label maps are not uniform
+        for weight in network.parameters():
+            weight.normal_(0.0, 0.5)
+    bb.save_state_dict(network.state_dict(), bundle / "models" / "model.pt")
+    parser = bb.bundle_parser(bundle)
+    parser.update({"dataset_dir": str(data), "output_dir": str(tmp_path / "pred"), "device": "cpu"})
+    runner = parser.get_parsed_content("evaluator")
+    assert isinstance(runner.predictor, Predictor) and runner.predictor.inferer is parser.get_parsed_content("inferer")
+
+    predictor = Predictor.from_bundle(bundle, device="cpu")
+    assert predictor.describe()["inferer_settings"] == runner.predictor.describe()["inferer_settings"]
+    cases = runner.dataset.data[:2]
+    for i, case in enumerate(cases):
+        expected = predictor.predict_case(case).label
+        assert len(np.unique(expected)) > 1, "an all-background prediction would compare nothing"
+        assert np.array_equal(runner.predict(runner.dataset[i]), expected)
+    run_bundle(bundle, ["inference.json"], dataset_dir=str(data), output_dir=str(tmp_path / "pred"), device="cpu")
+    for case in cases:
+        written = np.asarray(nib.load(tmp_path / "pred" / f"{case['case_id']}_seg.nii.gz").dataobj)
+        assert np.array_equal(written, predictor.predict_case(case).label)
+
+
 def test_overrides_reach_the_trainer(cohorts: dict[str, Path], tmp_path: Path) -> None:
     """``--epochs``, ``--dataset_dir`` and the more specific ``--train#trainer#max_epochs`` (parsed, not run)."""
     from monai.bundle import ConfigWorkflow

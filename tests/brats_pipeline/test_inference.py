@@ -90,7 +90,9 @@ def test_tta_mirrors_and_averages() -> None:
     ramp = torch.sigmoid(torch.linspace(0, 3, 16)).view(1, -1, 1, 1)
     torch.testing.assert_close(p, ((ramp + ramp.flip(1)) / 2).expand(3, 16, 8, 8))  # ramp + mirrored ramp, averaged
     assert not torch.allclose(p[:, 0], p[:, 8])
-    assert len(Predictor(XRamp(), "brats2021", device="cpu", tta_axes=(0, 1, 2))._flip_dims()) == 8
+    from brats_pipeline.inference.outputs import tta_flips
+
+    assert len(tta_flips(Predictor(XRamp(), "brats2021", device="cpu", tta_axes=(0, 1, 2)).tta_axes)) == 8
 
 
 def test_ensemble_averages_probabilities() -> None:
@@ -107,11 +109,42 @@ def test_ensemble_averages_probabilities() -> None:
     torch.testing.assert_close(p, torch.full_like(p, float(expected)))
 
 
+def test_an_injected_inferer_is_used_as_is_and_keys_the_resume() -> None:
+    from monai.inferers import SlidingWindowInferer
+
+    from brats_pipeline.inference.batch import prediction_settings, resume_key
+
+    image = torch.zeros(4, 24, 8, 8)
+    image[:, 12:] = 1.0  # windows see different means, so window placement shows in the output
+    built = Predictor(WindowMean(), "brats2021", roi_size=(16, 8, 8), overlap=0.5, blend_mode="constant", device="cpu")
+    injected = SlidingWindowInferer(roi_size=(16, 8, 8), sw_batch_size=4, overlap=0.5, mode="constant")
+    # roi_size and overlap do not build an inferer when one is given: the injected one is used, and described
+    p = Predictor(WindowMean(), "brats2021", roi_size=(8, 8, 8), overlap=0.0, inferer=injected, device="cpu")
+    assert p.inferer is injected and (p.roi_size, p.overlap, p.sw_batch_size, p.blend_mode) == ((16, 8, 8), 0.5, 4, "constant")
+    assert torch.equal(p.predict_volume(image), built.predict_volume(image))  # what the equivalent built inferer predicts
+    assert p.describe() == built.describe()
+    assert p.describe()["inferer_settings"] == {
+        "class": "monai.inferers.inferer.SlidingWindowInferer", "roi_size": [16, 8, 8], "sw_batch_size": 4, "overlap": 0.5,
+        "mode": "constant", "sigma_scale": 0.125, "padding_mode": "constant", "cval": 0.0, "with_coord": False}
+    other = Predictor(WindowMean(), "brats2021", device="cpu",
+                      inferer=SlidingWindowInferer(roi_size=(12, 8, 8), sw_batch_size=4, overlap=0.5, mode="constant"))
+    assert other.roi_size == (12, 8, 8) and not torch.allclose(other.predict_volume(image), p.predict_volume(image))
+    keys = {resume_key([], [], prediction_settings(x)) for x in (p, built, other)}
+    assert len(keys) == 2  # another inferer, another resume key (its cases are predicted again)
+    padded = SlidingWindowInferer(roi_size=(16, 8, 8), sw_batch_size=4, overlap=0.5, mode="constant", padding_mode="reflect")
+    assert Predictor(WindowMean(), "brats2021", inferer=padded, device="cpu").describe() != p.describe()
+    with pytest.raises(ValueError, match="inferer must be a MONAI Inferer or a callable"):
+        Predictor(WindowMean(), "brats2021", inferer="SlidingWindowInferer", device="cpu")
+
+
 def test_predictor_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="blend_mode"):
+    # the window settings are checked once, by build_inferer (an injected inferer is used as is)
+    with pytest.raises(ValueError, match=r"unknown blend mode 'linear' \(blend_mode\); choose one of"):
         Predictor(Pointwise(), "brats2021", blend_mode="linear", device="cpu")
-    with pytest.raises(ValueError, match="overlap"):
+    with pytest.raises(ValueError, match=r"overlap \(of neighbouring windows\) must be in \[0, 1\), got 1.0"):
         Predictor(Pointwise(), "brats2021", overlap=1.0, device="cpu")
+    with pytest.raises(ValueError, match="sw_batch_size .* must be at least 1, got 0"):
+        Predictor(Pointwise(), "brats2021", sw_batch_size=0, device="cpu")
     with pytest.raises(ValueError, match="tta_axes"):
         Predictor(Pointwise(), "brats2021", tta_axes=(3,), device="cpu")
     with pytest.raises(ValueError, match="roi_size"):
@@ -323,6 +356,48 @@ def test_from_bundle(tmp_path: Path) -> None:
     assert p.orientation is None and p.crop_foreground is False and p.spacing is None
     with pytest.raises(FileNotFoundError, match="model.pt"):
         Predictor.from_bundle(tmp_path / "missing")
+
+
+def _bundle_with_inferer(root: Path, inferer: dict) -> Path:
+    """A bundle of a tiny brats2021 unet3d (seeded weights) whose ``inferer`` is ``inferer``."""
+    from brats_pipeline.networks import build_network
+
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    config = {"task": "brats2021", "roi_size": [16, 16, 16], "inferer": inferer,
+              "network_def": {"_target_": "brats_pipeline.networks.build_network", "name": "unet3d", "in_channels": 4,
+                              "out_channels": 3, "features": [4, 4, 8, 8, 16, 4]}}
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    torch.save(build_network("unet3d", 4, 3, features=[4, 4, 8, 8, 16, 4]).state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def test_from_bundle_uses_the_bundles_inferer_object(tmp_path: Path) -> None:
+    from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+    torch.manual_seed(1)
+    image = torch.randn(4, 32, 16, 16)
+    # another class: the whole volume through the network at once (no window settings to read and rebuild from)
+    simple = _bundle_with_inferer(tmp_path / "simple", {"_target_": "SimpleInferer"})
+    whole = Predictor.from_bundle(simple, device="cpu")
+    assert isinstance(whole.inferer, SimpleInferer)
+    assert whole.describe()["inferer_settings"] == {"class": "monai.inferers.inferer.SimpleInferer"}
+    with torch.no_grad():
+        expected = torch.sigmoid(whole.networks[0](image[None]))[0]
+    torch.testing.assert_close(whole.predict_volume(image), expected, atol=1e-6, rtol=0)
+    # a setting a rebuild from roi_size/overlap/mode never read (padding_mode) is the bundle's
+    sliding = _bundle_with_inferer(tmp_path / "sw", {"_target_": "SlidingWindowInferer", "roi_size": "@roi_size", "sw_batch_size": 3,
+                                                     "overlap": 0.25, "mode": "constant", "padding_mode": "reflect"})
+    p = Predictor.from_bundle(sliding, device="cpu")
+    assert isinstance(p.inferer, SlidingWindowInferer) and p.inferer.padding_mode == "reflect"
+    assert (p.roi_size, p.overlap, p.sw_batch_size, p.blend_mode) == ((16, 16, 16), 0.25, 3, "constant")
+    # brats-infer --roi/--overlap/--blend are set on the bundle's inferer config, as --inferer#overlap on MONAI's command line
+    q = Predictor.from_bundle(sliding, device="cpu", roi_size=(8, 8, 8), overlap=0.5, blend_mode="gaussian")
+    assert (tuple(q.inferer.roi_size), q.inferer.overlap, q.blend_mode, q.inferer.padding_mode) == ((8, 8, 8), 0.5, "gaussian", "reflect")
+    assert q.describe()["inferer_settings"] != p.describe()["inferer_settings"]
+    with pytest.raises(ValueError, match=r"simple/configs/inference.json: its 'inferer' could not be built with \{'roi_size'"):
+        Predictor.from_bundle(simple, device="cpu", roi_size=(8, 8, 8))
 
 
 def test_shards_partition_the_cases() -> None:

@@ -129,7 +129,7 @@ def test_train_json_builds_the_recipe_module() -> None:
 
 
 def test_network_def_is_one_definition_and_inference_is_2_5d() -> None:
-    from brats_pipeline.inference.inferers import ContextSliceInferer
+    from brats_pipeline.inference.inferers import ContextSliceInferer, MirrorInferer
     from brats_pipeline.networks import input_channels_of, spatial_dims_of
 
     train, inference = _configs()
@@ -138,9 +138,11 @@ def test_network_def_is_one_definition_and_inference_is_2_5d() -> None:
         assert train[key] == inference[key], key
     assert inference["network"]["network"] == "@network_def" and train["train"]["module"]["network"] == "@network_def"
     parser = bb.bundle_parser(BUNDLE)
-    inferer = parser.get_parsed_content("inferer")
-    assert isinstance(inferer, ContextSliceInferer)
+    inferer = parser.get_parsed_content("inferer")  # left-right mirroring around the 2.5D slice inferer (chosen by CV)
+    assert isinstance(inferer, MirrorInferer) and isinstance(inferer.inferer, ContextSliceInferer)
+    assert (inferer.mirror_axes, inferer.activation) == ((0,), "sigmoid")
     assert (inferer.spatial_dim, inferer.context, tuple(inferer.roi_size), inferer.sw_batch_size) == (2, 1, (256, 256), 32)
+    assert parser.get_parsed_content("postprocess") == {"keep_largest": True}
     network = parser.get_parsed_content("network_def").eval()
     assert (spatial_dims_of(network), input_channels_of(network)) == (2, 9)
     with torch.no_grad():  # whole volumes (B, 3, X, Y, Z) in, logits on the same grid out
@@ -199,7 +201,8 @@ def test_a_recipe_checkpoint_exports_into_the_bundle(tmp_path: Path, monkeypatch
 
     case = bb.inference_cases(data, task="lgg")[0]
     from_bundle = Predictor.from_bundle(bundle, device="cpu").predict_case(case)
-    from_ckpt = Predictor.from_checkpoint(ckpt, device="cpu").predict_case(case)
+    # the bundle's inference settings (mirror along x, largest component) on the checkpoint give the same labels
+    from_ckpt = Predictor.from_checkpoint(ckpt, device="cpu", tta_axes=(0,), postprocess={"keep_largest": True}).predict_case(case)
     assert from_bundle.label.shape == (64, 64, 24) and np.array_equal(from_bundle.label, from_ckpt.label)
 
 
