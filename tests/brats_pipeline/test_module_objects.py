@@ -56,3 +56,23 @@ def test_a_slice_inferer_must_agree_with_the_module_on_slice_axis_and_context() 
         BratsSegmentationModule("unet2d", net, task="lgg", inferer=two_five)
     with pytest.raises(ValueError, match="the inferer's slice_axis is 0, the module's slice_axis 2"):
         BratsSegmentationModule("unet2d", net, task="lgg", inferer=SliceInferer(spatial_dim=0, roi_size=(16, 16)))
+
+
+def test_brats_train_builds_the_loss_and_inferer_objects_from_the_command_line(tmp_path) -> None:  # noqa: ANN001
+    """``--model.loss <class>`` / ``--model.inferer <class>``: LightningCLI instantiates them and the module receives them."""
+    from brats_pipeline.data.datalist import build_datalist, write_datalist
+    from brats_pipeline.data.synthetic import write_cohort
+    from brats_pipeline.training_cli import CONFIG_DIR, build_cli
+
+    write_cohort(tmp_path / "data", "brats2021", n_cases=2, shape=(32, 32, 32), seed=0)
+    datalist = write_datalist(build_datalist(tmp_path / "data", "brats2021", folds=2, seed=0), tmp_path / "datalist.json")
+    cli = build_cli(["--config", str(CONFIG_DIR / "tiny_cpu.yaml"), "--data.datalist", str(datalist),
+                     "--model.loss", "monai.losses.DiceFocalLoss", "--model.loss.sigmoid", "true",
+                     "--model.inferer", "monai.inferers.SlidingWindowInferer", "--model.inferer.roi_size", "[32, 32, 32]",
+                     "--model.inferer.overlap", "0.25", "--trainer.default_root_dir", str(tmp_path / "run"),
+                     "--trainer.logger", "false"], run=False)
+    from monai.losses import DiceFocalLoss
+
+    assert isinstance(cli.model.loss_fn, DiceFocalLoss) and cli.model.loss_fn.dice.sigmoid
+    assert isinstance(cli.model.inferer(), SlidingWindowInferer) and cli.model.inferer().overlap == 0.25
+    assert list(cli.model.hparams.roi_size) == [32, 32, 32] and cli.model.hparams.overlap == 0.25
