@@ -179,8 +179,10 @@ def train_config(spec: BundleSpec) -> dict[str, Any]:
 
 
 def multi_gpu_config(spec: BundleSpec) -> dict[str, Any]:
-    """``configs/multi_gpu_train.json``: overlay on ``train.json`` changing only devices and strategy."""
-    return {"train#trainer#devices": {"_target_": "brats_pipeline.bundle.ddp_devices"}, "train#trainer#strategy": "ddp"}
+    """``configs/multi_gpu_train.json``: overlay on ``train.json``: devices and strategy, and (as the model zoo's)
+    the process group destroyed at the end, so no rank aborts at exit with gloo/NCCL threads still running."""
+    return {"train#trainer#devices": {"_target_": "brats_pipeline.bundle.ddp_devices"}, "train#trainer#strategy": "ddp",
+            "finalize": ["$torch.distributed.is_initialized() and torch.distributed.destroy_process_group()"]}
 
 
 def inference_config(spec: BundleSpec) -> dict[str, Any]:

@@ -17,8 +17,19 @@ __all__ = ["CONFIG_DIR", "BratsCLI", "build_cli", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run ``brats-train``."""
-    build_cli(argv)
+    """Run ``brats-train``; a DDP run destroys its process group before the process exits.
+
+    Lightning leaves the ``torch.distributed`` process group alive; a rank whose gloo (or NCCL)
+    threads are still running when the interpreter exits aborts ("terminate called without an
+    active exception", SIGABRT), failing a finished job under ``srun``/``torchrun``.
+    """
+    import torch
+
+    try:
+        build_cli(argv)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
