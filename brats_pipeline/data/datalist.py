@@ -203,8 +203,16 @@ def load_datalist(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("training", "testing"):
         entries = datalist.get(key, [])
         for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise ValueError(f"{path}: {key}[{i}] is not an object with 'image' (got {entry!r})")
             if "image" not in entry:
                 raise ValueError(f"{path}: {key}[{i}] has no 'image'")
+            image, label = entry["image"], entry.get("label")
+            if not (isinstance(image, str) and image) and not (
+                    isinstance(image, list) and image and all(isinstance(f, str) and f for f in image)):
+                raise ValueError(f"{path}: {key}[{i}]: 'image' must be a file or a non-empty list of files, got {image!r}")
+            if label is not None and not (isinstance(label, str) and label):
+                raise ValueError(f"{path}: {key}[{i}]: 'label' must be a file, got {label!r}")
         datalist[key] = [_map_paths(e, lambda p: str((base / p).resolve())) for e in entries]
     check_case_ids(((e["case_id"], f"{key}[{i}]") for key in ("training", "testing")
                     for i, e in enumerate(datalist.get(key, [])) if e.get("case_id") not in (None, "")), path)

@@ -143,9 +143,9 @@ def test_bad_sources_and_entries_are_refused_by_name(cohort: tuple[Path, Path], 
         read_cases(datalist, TASK, split="train")
     with pytest.raises(ValueError, match="no labelled cases found"):
         read_cases(_datalist(tmp_path / "unlabelled.json", [{"case_id": "a", "image": "a.nii.gz"}]), TASK, labelled=True)
-    for image in ([], {"t1": "a.nii.gz"}):  # ([None] fails earlier: load_datalist resolves paths)
+    for image in ([], {"t1": "a.nii.gz"}, [None]):  # load_datalist names the entry
         bad = _datalist(tmp_path / "bad.json", [{"case_id": "a", "image": image}])
-        with pytest.raises(ValueError, match=re.escape(f"{bad}: training[0]: case a: 'image' must be a file or a non-empty list")):
+        with pytest.raises(ValueError, match=re.escape(f"{bad}: training[0]: 'image' must be a file or a non-empty list")):
             read_cases(bad, TASK)
 
 

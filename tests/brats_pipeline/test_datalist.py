@@ -263,6 +263,24 @@ def test_load_datalist_rejects_other_json(tmp_path: Path) -> None:
         load_datalist(tmp_path / "x.json")
 
 
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"image": [None]}, r"training\[0\]: 'image' must be a file or a non-empty list of files, got \[None\]"),
+    ({"image": []}, r"training\[0\]: 'image' must be a file or a non-empty list of files, got \[\]"),
+    ({"image": {"t1": "a.nii.gz"}}, r"training\[0\]: 'image' must be a file"),
+    ({"image": "a.nii.gz", "label": ["b.nii.gz"]}, r"training\[0\]: 'label' must be a file"),
+    ("a.nii.gz", r"training\[0\] is not an object with 'image'"),
+])
+def test_load_datalist_names_a_malformed_entry(tmp_path: Path, entry: object, message: str) -> None:
+    """A malformed entry is a ValueError naming the datalist and the entry (it was a TypeError deep in path handling)."""
+    import json
+
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"task": "lgg", "training": [entry]}))
+    with pytest.raises(ValueError, match=message) as err:
+        load_datalist(path)
+    assert str(path) in str(err.value)
+
+
 # ----------------------------------------------------------------------------- CLIs
 def test_cli_synth_then_datalist(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cohort"
