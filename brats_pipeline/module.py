@@ -213,17 +213,17 @@ class BratsSegmentationModule(pl.LightningModule):
             ValueError: its slice axis or 2.5D context differs from ``slice_axis``/``context``
                 (the data module draws the training slices with those).
         """
-        hp = self.hparams
-        theirs = {"slice_axis": getattr(inferer, "spatial_dim", None), "context": getattr(inferer, "context", None)}
-        if theirs["slice_axis"] is not None and theirs["context"] is None:
-            theirs["context"] = 0  # a plain SliceInferer: 2D
+        from brats_pipeline.inference.inferers import inferer_settings
+
+        hp, window = self.hparams, inferer_settings(inferer)
+        # a slice inferer says its slice axis (MONAI's spatial_dim) and 2.5D context (a plain SliceInferer: 0)
+        theirs = {"slice_axis": window.get("spatial_dim"), "context": window.get("context", 0 if "spatial_dim" in window else None)}
         for name, value in theirs.items():
             if value is not None and int(value) != int(hp[name]):
                 raise ValueError(f"the inferer's {name} is {value}, the module's {name} {hp[name]}; set {name}={value}")
-        for name, attr in (("roi_size", "roi_size"), ("sw_batch_size", "sw_batch_size"), ("overlap", "overlap"), ("blend_mode", "mode")):
-            value = getattr(inferer, attr, None)
-            if value is not None:
-                hp[name] = [int(v) for v in value] if name == "roi_size" else (str(getattr(value, "value", value)) if name == "blend_mode" else value)
+        for name, field in (("roi_size", "roi_size"), ("sw_batch_size", "sw_batch_size"), ("overlap", "overlap"), ("blend_mode", "mode")):
+            if window.get(field) is not None:
+                hp[name] = window[field]
 
     def inferer(self) -> Any:
         """The MONAI inferer for whole volumes: the one received, else :func:`~brats_pipeline.inference.inferers.build_inferer`'s."""

@@ -63,9 +63,13 @@ class AugmentingCollate:
         self.collate, self.augment = collate, augment
 
     def __call__(self, samples: Any) -> Any:
-        batch = self.collate(samples)
-        image, label = self.augment(plain_tensor(batch["image"]), plain_tensor(batch["label"]))
-        return {**batch, "image": image, "label": label}
+        return augment_batch(self.collate(samples), self.augment)
+
+
+def augment_batch(batch: Any, augment: Callable[..., Any]) -> Any:
+    """``batch`` with ``image`` and ``label`` replaced by ``augment``'s output on their plain tensors."""
+    image, label = augment(plain_tensor(batch["image"]), plain_tensor(batch["label"]))
+    return {**batch, "image": image, "label": label}
 
 
 class ThreadedAugmentLoader:
@@ -110,8 +114,7 @@ class ThreadedAugmentLoader:
             torch.set_num_threads(self.threads)  # this thread's own intra-op threads (OpenMP: per calling thread)
             try:
                 for batch in self.loader:
-                    image, label = self.augment(plain_tensor(batch["image"]), plain_tensor(batch["label"]))
-                    if not put({**batch, "image": image, "label": label}):
+                    if not put(augment_batch(batch, self.augment)):
                         return
                 put(done)
             except BaseException as exc:  # noqa: BLE001 - handed to the training loop, raised there

@@ -231,7 +231,7 @@ class SliceDataset(torch.utils.data.Dataset):
         straight into its place in the batch, once, instead of into an item that collation copies again.
         """
         if any(tuple(image.shape[2:]) != self.patch_size for image in self.images):
-            return _collate([self[index] for index in indices])
+            return collate_slices([self[index] for index in indices])
         places = [self.slice_at(index) for index in indices]
         k, (v0, _) = self.context, places[0]
         image = self.images[v0].new_empty((len(places), self.images[v0].shape[0], 2 * k + 1, *self.patch_size))
@@ -243,15 +243,12 @@ class SliceDataset(torch.utils.data.Dataset):
         return {"image": image.flatten(1, 2), "label": label}
 
 
-def _collate(items: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Batch ``items`` (torch's default collation), or pass through a batch :meth:`SliceDataset.__getitems__` made."""
+def collate_slices(items: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The collate function of a :class:`SliceDataset` loader: pass through the batch ``__getitems__`` made,
+    or batch ``items`` with torch's default collation."""
     if isinstance(items, Mapping):
         return dict(items)
     return torch.utils.data.default_collate(list(items))
-
-
-#: the collate function of a :class:`SliceDataset` loader (it takes whole batches from ``__getitems__``)
-collate_slices = _collate
 
 
 def plain_tensor(x: Any) -> torch.Tensor:

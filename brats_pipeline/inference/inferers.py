@@ -32,6 +32,7 @@ from torch import nn
 
 from brats_pipeline.constants import Task
 from brats_pipeline.data.slices import check_context, check_slice_axis, in_plane, stack_context
+from brats_pipeline.inference.outputs import average_probabilities, tta_flips
 
 BLEND_MODES = ("gaussian", "constant")
 
@@ -95,8 +96,6 @@ class MirrorInferer(Inferer):
         return getattr(self.inferer, name)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
-        from brats_pipeline.inference.outputs import average_probabilities, tta_flips
-
         def run(_: int, flip: tuple[int, ...]) -> torch.Tensor:
             x = inputs.flip(flip) if flip else inputs
             out = self.inferer(x, network, *args, **kwargs)

@@ -89,17 +89,12 @@ def labels_from_probabilities(
     """Post-process ``(R, X, Y, Z)`` probabilities into the task's label map (X, Y, Z) uint8.
 
     Thresholding alone runs on the probabilities' device; any other enabled step runs
-    on the CPU (scipy). Softmax output mode: class probabilities ``(C, X, Y, Z)``.
+    on the CPU (scipy) (:func:`~brats_pipeline.inference.postprocess.postprocess`). Softmax
+    output mode: class probabilities ``(C, X, Y, Z)``.
     """
-    cfg = config
     if output_mode == "softmax":  # class probabilities: argmax (on their device), label values
-        return postprocess_classes(probabilities, task, cfg)
-    only_threshold = not (cfg.opening_radius or cfg.closing_radius or cfg.min_component_voxels or cfg.keep_largest or cfg.et_min_voxels)
-    if only_threshold and torch.is_tensor(probabilities):
-        t = torch.as_tensor(np.broadcast_to(np.asarray(cfg.threshold, dtype=np.float32), (probabilities.shape[0],)).copy())
-        regions = probabilities > t.to(probabilities.device).view(-1, 1, 1, 1)
-        return task.regions_to_labels(regions).cpu().numpy().astype(np.uint8)
-    return postprocess(probabilities, task, cfg)
+        return postprocess_classes(probabilities, task, config)
+    return postprocess(probabilities, task, config)
 
 
 __all__ = ["CasePrediction", "average_probabilities", "labels_from_probabilities", "tta_flips"]

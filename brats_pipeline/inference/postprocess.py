@@ -258,6 +258,10 @@ def postprocess_regions(regions: Any, task: str | Task, config: PostprocessConfi
 def postprocess(probabilities: Any, task: str | Task, config: PostprocessConfig | Mapping[str, Any] | None = None) -> np.ndarray:
     """Region probabilities ``(R, X, Y, Z)`` -> the task's label map ``(X, Y, Z)`` uint8 (steps 1-6).
 
+    Thresholding alone (no step 2-5 on) runs on a torch tensor's own device; any other step runs
+    on the CPU (scipy). The one implementation behind the ``Predictor`` and the bundles'
+    :class:`RegionsToLabelsd`.
+
     Args:
         probabilities: sigmoid outputs in ``task.regions`` order (numpy or torch).
         task: task name or :class:`Task`; decides the label values written.
@@ -266,6 +270,12 @@ def postprocess(probabilities: Any, task: str | Task, config: PostprocessConfig 
     task = get_task(task)
     cfg = PostprocessConfig.from_any(config)
     if hasattr(probabilities, "detach"):
+        if not cfg.cleans_regions:  # threshold where the probabilities are (e.g. the GPU), then label
+            import torch
+
+            t = np.broadcast_to(np.asarray(cfg.threshold, dtype=np.float32), (probabilities.shape[0],)).copy()
+            regions = probabilities.detach().float() > torch.as_tensor(t, device=probabilities.device).view(-1, 1, 1, 1)
+            return task.regions_to_labels(regions).cpu().numpy().astype(np.uint8)
         probabilities = probabilities.detach().float().cpu().numpy()
     regions = threshold_regions(probabilities, cfg.threshold)
     regions = postprocess_regions(regions, task, cfg)
@@ -344,16 +354,16 @@ class RegionsToLabelsd(_LabelMapd):
     is kept. The bundle post-processing of a sigmoid (region) network.
 
     ``postprocess``: the further steps of :class:`PostprocessConfig` (e.g. ``{"keep_largest":
-    true}``), run by :func:`postprocess` — the function the ``Predictor`` runs with the same
-    settings, so a bundle and ``brats-infer --bundle`` write the same labels.
+    true}``; a ``threshold`` there wins over ``threshold``), run by :func:`postprocess` — the
+    function the ``Predictor`` runs with the same settings, so a bundle and ``brats-infer
+    --bundle`` write the same labels.
     """
 
     def __init__(self, keys: str | Sequence[str], task: str | Task, threshold: float = 0.5,
                  postprocess: PostprocessConfig | Mapping[str, Any] | None = None) -> None:
         super().__init__(keys, task)
-        self.threshold = float(threshold)
         given = postprocess.to_dict() if isinstance(postprocess, PostprocessConfig) else dict(postprocess or {})
-        self.config = PostprocessConfig.from_any({"threshold": self.threshold, **given})
+        self.config = PostprocessConfig.from_any({"threshold": float(threshold), **given})
 
     def _check(self, key: Any, x: Any) -> None:
         if x.ndim != 4 or x.shape[0] != len(self.task.regions):
@@ -361,9 +371,7 @@ class RegionsToLabelsd(_LabelMapd):
                              f"of shape (R, X, Y, Z), got {tuple(x.shape)}")
 
     def _labels(self, x: Any) -> Any:
-        if self.config.cleans_regions:
-            return postprocess(x.float().cpu().numpy(), self.task, self.config)[None]
-        return self.task.regions_to_labels(x.float() > self.threshold)[None]
+        return postprocess(x, self.task, self.config)[None]
 
 
 class ClassesToLabelsd(_LabelMapd):
