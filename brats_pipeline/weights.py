@@ -241,7 +241,8 @@ def read_bundle(
     and ``inferer``: the bundle's own ``inferer`` object, instantiated as ``monai.bundle run`` and
     MONAI Label do, with ``inferer_overrides`` (Predictor arguments of :data:`INFERER_KEYS`:
     ``roi_size``, ``overlap``, ``blend_mode`` -> ``mode`` ...) set on it first, as
-    ``--inferer#overlap 0.25`` on MONAI's command line would. A bundle without ``inferer``: the
+    ``--inferer#overlap 0.25`` on MONAI's command line would (on a wrapper such as
+    :class:`~brats_pipeline.inference.inferers.MirrorInferer`: on its inner ``inferer``). A bundle without ``inferer``: the
     overrides are returned as settings (the predictor builds its inferer from them).
 
     Raises:
@@ -298,9 +299,12 @@ def _bundle_inferer(parser: Any, config_file: Path, overrides: dict[str, Any]) -
     if overrides and not (isinstance(node, Mapping) and "_target_" in node):
         raise ValueError(f"{config_file}: 'inferer' is not a '_target_' config, so {sorted(overrides)} cannot be set on it; "
                          "change the bundle's inferer instead")
+    where = "inferer"
+    while overrides and isinstance(node.get("inferer"), Mapping) and "_target_" in node["inferer"]:
+        where, node = f"{where}#inferer", node["inferer"]  # a wrapper (MirrorInferer): the settings are its inner inferer's
     for name, value in overrides.items():
         key = "spatial_dim" if name == "slice_axis" and "spatial_dim" in node else INFERER_KEYS[name]  # MONAI SliceInferer
-        parser[f"inferer#{key}"] = list(value) if isinstance(value, tuple) else value
+        parser[f"{where}#{key}"] = list(value) if isinstance(value, tuple) else value
     try:
         inferer = parser.get_parsed_content("inferer")
     except Exception as exc:  # a MONAI instantiation error names the target; say which file and settings

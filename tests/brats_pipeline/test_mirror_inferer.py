@@ -58,3 +58,18 @@ def test_regions_to_labels_runs_the_predictors_postprocessing() -> None:
     assert np.array_equal(np.asarray(out)[0], expected)
     plain = np.asarray(RegionsToLabelsd("pred", "lgg")({"pred": torch.as_tensor(probabilities)})["pred"])[0]
     assert plain[15, 15, 8] > 0 and expected[15, 15, 8] == 0 and expected[4, 4, 4] > 0
+
+
+def test_bundle_inferer_overrides_reach_a_mirror_inferers_inner_inferer() -> None:
+    """``brats-infer --bundle <lgg> --overlap/--roi``: set on the MirrorInferer's inner inferer (was: a MONAI error)."""
+    from pathlib import Path
+
+    from brats_pipeline.weights import read_bundle
+
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "lgg_flair_segmentation"
+    if not (bundle / "models" / "model.pt").is_file():
+        pytest.skip("the LGG bundle ships no weights here")
+    _, _, task, settings = read_bundle(bundle, inferer_overrides={"overlap": 0.25, "roi_size": (128, 128)})
+    inferer = settings["inferer"]
+    assert task == "lgg" and isinstance(inferer, MirrorInferer) and inferer.mirror_axes == (0,)
+    assert (inferer.inferer.overlap, tuple(inferer.inferer.roi_size)) == (0.25, (128, 128))
