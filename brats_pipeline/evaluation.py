@@ -156,11 +156,6 @@ def read_case_pair(
     return pred, truth, spacing
 
 
-def truth_entries(datalist: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Entries of a datalist (``training`` then ``testing``) that have a ``label``."""
-    return [dict(e) for key in ("training", "testing") for e in datalist.get(key, []) if e.get("label")]
-
-
 def evaluate_folder(
     pred_dir: str | os.PathLike,
     entries: Sequence[Mapping[Hashable, Any]],

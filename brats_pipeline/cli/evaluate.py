@@ -126,17 +126,12 @@ def make_report(
 def _load_truth(truth: str, task_name: str | None, fold: int | None) -> tuple[Any, list[dict[str, Any]]]:
     """The task and the labelled entries (of ``fold``) of a datalist; ValueError when there are none."""
     from brats_pipeline.constants import get_task
+    from brats_pipeline.data.cases import read_cases
     from brats_pipeline.data.datalist import load_datalist
-    from brats_pipeline.evaluation import truth_entries
 
-    datalist = load_datalist(truth)
-    task = get_task(task_name or datalist["task"])
-    entries = truth_entries(datalist)
-    if fold is not None:
-        entries = [e for e in entries if e.get("fold") == fold]
-    if not entries:
-        raise ValueError(f"{truth}: no entries with a label to evaluate against")
-    return task, entries
+    task = get_task(task_name or load_datalist(truth)["task"])
+    entries = read_cases(truth, task, labelled=True, fold=fold, consumer="evaluation")  # ValueError when there are none
+    return task, [dict(e) for e in entries]
 
 
 def _evaluate(pred: str, entries: Sequence[dict[str, Any]], task: Any, args: argparse.Namespace) -> Any:

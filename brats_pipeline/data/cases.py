@@ -9,8 +9,9 @@ the last axis (MSD). A case that cannot be used (a missing modality, a folder na
 file name, a modality the model reads that is absent) keeps its entry with ``problem`` set
 (``"<file>: <what>"``): batch runners report it as that case's failure and go on.
 
-* :func:`read_cases` — the reader behind ``brats-infer`` (:mod:`brats_pipeline.cli.infer`) and the
-  bundles' ``dataset#data`` (:func:`brats_pipeline.bundle.inference_cases`);
+* :func:`read_cases` — the reader behind ``brats-infer`` (:mod:`brats_pipeline.cli.infer`), the
+  bundles' ``dataset#data`` (:func:`brats_pipeline.bundle.inference_cases`), the truth of
+  ``brats-evaluate`` and of radiogenomics (``labelled=True``);
 * :func:`image_files`, :func:`case_id_of` — read one case.
 
 Case ids follow :data:`preprocessing.identity.CASE_ID_RULE` (they name output files); an id that
@@ -94,7 +95,8 @@ def read_cases(
         datalist: datalist JSON (wins over ``source``).
         split: datalist entries to read: ``all`` (``training`` then ``testing``), ``training``, ``testing``.
         fold: only the ``training`` entries of this fold (needs a datalist with folds).
-        labelled: only cases with a ``label`` (and of a datalist, ``training`` only); an error if there are none.
+        labelled: only cases with a ``label`` (the ground truth of ``brats-evaluate``, a bundle's
+            ``evaluate.json``, radiogenomics); an error if there are none.
         modalities: a modality subset the network reads (else the task's own, which may be a
             subset already): a case lists only those files (the others need not exist; case
             folders are searched for those only), and a case lacking one of them keeps a
@@ -152,7 +154,7 @@ def _from_datalist(path: Path, task: Task, split: str, fold: int | None, labelle
     loaded = load_datalist(path)  # checks the given case ids
     if get_task(loaded["task"]).name != task.name:
         raise ValueError(f"{path}: datalist of task {loaded['task']!r}, but the {consumer} is for {task.name!r}")
-    if fold is not None or labelled:
+    if fold is not None:
         keys: tuple[str, ...] = ("training",)
     else:
         keys = ("training", "testing") if split == "all" else (split,)

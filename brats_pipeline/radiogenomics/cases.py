@@ -61,15 +61,12 @@ def label_cases(source: str | os.PathLike, task: str | None = None) -> list[Labe
 
     path = Path(source)
     if path.is_file():
+        from brats_pipeline.data.cases import read_cases
         from brats_pipeline.data.datalist import load_datalist
-        from brats_pipeline.evaluation import truth_entries
 
-        datalist = load_datalist(path)
-        t = get_task(task or datalist["task"])
-        cases = [LabelCase(str(e["case_id"]), e["label"], _background(e.get("image"), t)) for e in truth_entries(datalist)]
-        if not cases:
-            raise ValueError(f"{path}: the datalist has no entry with a 'label'")
-        return cases
+        t = get_task(task or load_datalist(path)["task"])
+        entries = read_cases(path, t, labelled=True, consumer="radiogenomics")  # ValueError when none has a label
+        return [LabelCase(str(e["case_id"]), e["label"], _background(e.get("image"), t)) for e in entries]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such label folder or datalist")
     files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
