@@ -41,7 +41,7 @@ import torch
 from brats_pipeline.constants import check_output_mode
 from brats_pipeline.data.augmentation_config import AugmentationConfig
 from brats_pipeline.data.fold_cases import fold_cases, read_datalist
-from brats_pipeline.data.loaders import AugmentingCollate, ThreadedAugmentLoader, make_loader
+from brats_pipeline.data.loaders import AugmentingCollate, ThreadedAugmentLoader, augment_batch, make_loader
 from brats_pipeline.data.modalities import check_model_modalities
 from brats_pipeline.data.slices import SliceDataset, check_context, check_slice_axis, plain_tensor
 from brats_pipeline.data.transforms import cpu_augmentation, deterministic_transforms, patch_sampling
@@ -89,6 +89,11 @@ class BratsDataModule(pl.LightningDataModule):
             datalist was built for (all the task's). See :mod:`brats_pipeline.data.modalities`.
         augment_thread: training on the CPU with ``num_workers: 0``, run the batched augmentation
             (and the slice sampling) in a background thread, beside the step (:meth:`augments_in_loader`).
+        train_dataset: a dataset built elsewhere (a bundle's ``train#dataset``: a MONAI ``CacheDataset``
+            of preprocessing + random transforms, or for 2D a :class:`SliceDataset`) used instead of
+            the one built from the datalist, whose fold must hold the same cases (the datalist is the
+            record). 2D: its patch size is the training size, widened here by the augmentation margin.
+        val_dataset: likewise for validation (whole volumes, deterministic transforms).
     """
 
     #: ``sigmoid`` or ``softmax``: the target's form; :meth:`setup` takes the attached model's
@@ -117,6 +122,8 @@ class BratsDataModule(pl.LightningDataModule):
         empty_slice_ratio: float | None = 1.0,
         modalities: Sequence[str] | None = None,
         augment_thread: bool = True,
+        train_dataset: Any = None,
+        val_dataset: Any = None,
     ) -> None:
         super().__init__()
         if cache not in CACHE_MODES:
@@ -140,7 +147,8 @@ class BratsDataModule(pl.LightningDataModule):
         if patch_size is not None and len(patch_size) == 2 and spatial_dims == 3:
             raise ValueError(f"patch_size must be three positive sizes for 3D, got {tuple(patch_size)}")
         # the model's hyper-parameters hold these (Lightning refuses a key logged by both with two values)
-        self.save_hyperparameters(ignore=["spatial_dims", "slice_axis", "context", "modalities"])
+        self.save_hyperparameters(ignore=["spatial_dims", "slice_axis", "context", "modalities", "train_dataset", "val_dataset"])
+        self.given = {"train": train_dataset, "val": val_dataset}
         self._asked = {"spatial_dims": spatial_dims, "slice_axis": slice_axis, "context": context}
         self.datalist_path = str(datalist)
         self.datalist, self.task = read_datalist(datalist, modalities)  # the model records the task's modalities
@@ -289,12 +297,29 @@ class BratsDataModule(pl.LightningDataModule):
         volumes = PersistentDataset(train, det, cache_dir=hp.cache_dir) if hp.cache == "disk" else Dataset(train, det)
         patch = self._slice_patch_size()
         self.train_ds = SliceDataset(volumes, self.slice_axis, self.context, hp.empty_slice_ratio, patch_size=patch)
+        self.patch_size = self.train_ds.patch_size
         if patch is not None:
-            # a margin so that rotated/scaled slices are filled with data, not padding (BatchAugment
-            # crops the centre); none beyond the largest slice: there it would only add zeros
-            margin = (int(math.ceil(s * 1.2 / 2) * 2) for s in patch)
-            self.train_ds.patch_size = tuple(max(p, min(m, n)) for p, m, n in zip(patch, margin, self.train_ds.largest_slice))
-        self.patch_size = patch if patch is not None else self.train_ds.patch_size
+            self._widen(self.train_ds)
+
+    def _widen(self, ds: SliceDataset) -> None:
+        """A margin around the training slices so that rotated/scaled ones are filled with data, not padding
+        (BatchAugment crops the centre, :attr:`patch_size`); none beyond the largest slice: there it would only add zeros."""
+        margin = (int(math.ceil(s * 1.2 / 2) * 2) for s in self.patch_size)
+        ds.patch_size = tuple(max(p, min(m, n)) for p, m, n in zip(self.patch_size, margin, ds.largest_slice))
+
+    def _use_given_train(self) -> None:
+        """The received training dataset; 2D: a :class:`SliceDataset` of the model's slicing, widened by the margin."""
+        ds = self.given["train"]
+        if self.spatial_dims == 2:
+            if not isinstance(ds, SliceDataset):
+                raise ValueError(f"a 2D network trains on a SliceDataset; train_dataset is a {type(ds).__name__}")
+            if (ds.slice_axis, ds.context) != (self.slice_axis, self.context):
+                raise ValueError(f"train_dataset slices with slice_axis={ds.slice_axis}, context={ds.context}; the model "
+                                 f"with slice_axis={self.slice_axis}, context={self.context}")
+            if self.train_ds is not ds:  # once
+                self.patch_size = tuple(ds.patch_size)
+                self._widen(ds)
+        self.train_ds = ds
 
     def setup(self, stage: str | None = None) -> None:
         from monai.transforms import Compose
@@ -303,7 +328,9 @@ class BratsDataModule(pl.LightningDataModule):
         self.output_mode = self.resolve_output_mode()
         check_model_modalities(self.modality_names, self.trainer and self.trainer.lightning_module, self.datalist_path)
         train, val = self.split()
-        if stage in (None, "fit") and self.spatial_dims == 2:
+        if stage in (None, "fit") and self.given["train"] is not None:
+            self._use_given_train()
+        elif stage in (None, "fit") and self.spatial_dims == 2:
             self._setup_slices(train)
         elif stage in (None, "fit"):
             random_steps = patch_sampling(self._sample_size(), self.hparams.samples_per_volume, self.hparams.pos_fraction)
@@ -312,7 +339,7 @@ class BratsDataModule(pl.LightningDataModule):
             det = self._deterministic()
             self.train_ds = self._dataset(train, Compose([*det.transforms, *random_steps]))
         if stage in (None, "fit", "validate", "test"):
-            self.val_ds = self._dataset(val, self._deterministic())
+            self.val_ds = self.given["val"] if self.given["val"] is not None else self._dataset(val, self._deterministic())
         if stage == "predict":
             data = self.datalist.get("testing") or val
             self.predict_ds = self._dataset([{k: v for k, v in e.items() if k != "label"} for e in data], self._deterministic(False))
@@ -342,12 +369,11 @@ class BratsDataModule(pl.LightningDataModule):
             return batch
         if self.augments_in_loader():
             return batch  # already augmented by the loader's worker or thread
-        image, label = plain_tensor(batch["image"]), plain_tensor(batch["label"])  # no MetaTensor bookkeeping in the hot loop
-        if self.uses_batch_augmentation():
-            if self._batch_augment is None:
-                self._batch_augment = self._make_batch_augment()
-            image, label = self._batch_augment(image, label)
-        return {**batch, "image": image, "label": label}
+        if not self.uses_batch_augmentation():  # plain tensors: no MetaTensor bookkeeping in the hot loop
+            return {**batch, "image": plain_tensor(batch["image"]), "label": plain_tensor(batch["label"])}
+        if self._batch_augment is None:
+            self._batch_augment = self._make_batch_augment()
+        return augment_batch(batch, self._batch_augment)  # the worker's and thread's step, here on the device
 
     def _make_batch_augment(self) -> Any:
         from brats_pipeline.data.augment import BatchAugment

@@ -144,18 +144,36 @@ class SliceDataset(torch.utils.data.Dataset):
             smaller ones zero-padded (centred). ``None``: whole slices, padded to the largest
             in-plane size of ``volumes`` rounded up to a multiple of :data:`WHOLE_SLICE_MULTIPLE`.
             The attribute may be changed after construction (the data module widens it by a margin).
+        data: instead of ``volumes``: the cases (``image``/``label`` file entries), read by
+            ``transform`` (MONAI's ``Dataset(data, transform)``; a bundle's ``train#preprocessing``).
+        slice_transform: a callable on each item dict (``image`` (C·(2k+1), A, B), ``label``), e.g. a
+            ``Compose`` of MONAI random dict transforms (a bundle's ``train#random_transforms``): a fresh
+            draw per item, after the crop or pad.
 
     Items: ``image`` (C·(2k+1), A, B) float32 and ``label`` (R, A, B) float32 (0/1; class indices: (1, A, B)).
     """
 
     def __init__(
         self,
-        volumes: Sequence[Mapping[str, Any]],
+        volumes: Sequence[Mapping[str, Any]] | None = None,
         slice_axis: int = 2,
         context: int = 0,
         empty_slice_ratio: float | None = 1.0,
         patch_size: Sequence[int] | None = None,
+        data: Sequence[Mapping[str, Any]] | None = None,
+        transform: Any = None,
+        slice_transform: Any = None,
     ) -> None:
+        if (volumes is None) == (data is None):
+            raise ValueError("SliceDataset takes volumes, or data (cases) with a transform that reads them; give one")
+        if data is not None:  # MONAI's Dataset(data, transform) signature: a bundle's train#dataset (#data set by MONAI Label)
+            from monai.data import Dataset
+
+            volumes = Dataset(list(data), transform)
+        #: the cases, when given as ``data`` (a bundle's record of what it trained on)
+        self.data = None if data is None else list(data)
+        # an empty Compose (a bundle without random transforms) is none: the batch fast path of __getitems__ stays
+        self.slice_transform = None if len(getattr(slice_transform, "transforms", [None])) == 0 else slice_transform
         self.slice_axis = check_slice_axis(slice_axis)
         self.context = check_context(context)
         if empty_slice_ratio is not None and (isinstance(empty_slice_ratio, bool) or not float(empty_slice_ratio) >= 0):
@@ -220,7 +238,12 @@ class SliceDataset(torch.utils.data.Dataset):
         image_slice = slab(self.images[v], i, 0, self.context)  # stored (C, N, A, B): slices along axis "0"
         label_slice = self.labels[v][:, i].float()
         image_slice, label_slice = _pad_or_crop(image_slice, label_slice, self.patch_size)
-        return {"image": image_slice.contiguous(), "label": label_slice.contiguous()}
+        item = {"image": image_slice.contiguous(), "label": label_slice.contiguous()}
+        if self.slice_transform is not None:
+            item = dict(self.slice_transform(item))
+            item = {**item, "image": plain_tensor(item["image"]).float().contiguous(),
+                    "label": plain_tensor(item["label"]).float().contiguous()}
+        return item
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """A whole batch, collated (torch's ``DataLoader`` asks for it so; :func:`collate_slices` passes it on):
@@ -230,7 +253,7 @@ class SliceDataset(torch.utils.data.Dataset):
         Where every volume's slices are the patch size (nothing to crop or pad), each slab is copied
         straight into its place in the batch, once, instead of into an item that collation copies again.
         """
-        if any(tuple(image.shape[2:]) != self.patch_size for image in self.images):
+        if self.slice_transform is not None or any(tuple(image.shape[2:]) != self.patch_size for image in self.images):
             return collate_slices([self[index] for index in indices])
         places = [self.slice_at(index) for index in indices]
         k, (v0, _) = self.context, places[0]

@@ -140,6 +140,51 @@ class RandShiftAffined(RandAffined):
         return super().__call__(data, lazy)
 
 
+def loading_steps(task: str | Task, keys: Sequence[str] = ("image", "label")) -> list[Any]:
+    """Check headers -> load channel-first -> select a modality subset -> float32 -> finite: the steps that read a case.
+
+    Errors of the checks and the loader name the file at fault (:mod:`~brats_pipeline.data.input_files`).
+    """
+    from monai.transforms import DeleteItemsd, EnsureTyped
+
+    task, keys = get_task(task), list(keys)
+    return [
+        SourceFilesd(keys),
+        CheckHeadersd(keys, task),
+        NamedLoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
+        *modality_selection(task),  # a modality subset: its channels of a 4D file of all (data/modalities.py)
+        EnsureTyped(keys="image", dtype=np.float32, track_meta=True),
+        CheckFinited(keys="image"),
+        DeleteItemsd(keys=[f"{k}{SOURCES_SUFFIX}" for k in keys]),  # file lists would not collate into batches
+    ]
+
+
+class LoadCased(MapTransform):
+    """Read a case (``image``: one file per modality or one 4D file; ``label``) with :func:`loading_steps`.
+
+    The first step of a bundle's ``train#preprocessing``: one deterministic ``MapTransform`` (so
+    ``CacheDataset`` caches through it) for the checks and the loader, whose errors name the file.
+
+    Args:
+        keys: ``["image", "label"]`` (training) or ``"image"``.
+        task: the task (modalities in channel order, label values).
+        modalities: read only these of the task's modalities (:mod:`brats_pipeline.data.modalities`).
+    """
+
+    def __init__(self, keys: str | Sequence[str], task: str | Task, modalities: Sequence[str] | None = None) -> None:
+        from brats_pipeline.data.modalities import select_modalities
+
+        super().__init__(keys)
+        self.task = select_modalities(get_task(task), modalities)
+        self.steps = loading_steps(self.task, list(self.keys))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for step in self.steps:
+            d = step(d)
+        return d
+
+
 def deterministic_transforms(
     task: str | Task,
     with_label: bool = True,
@@ -167,27 +212,11 @@ def deterministic_transforms(
     Returns:
         A ``monai.transforms.Compose``; ``Invertd`` can undo its spatial steps on predictions.
     """
-    from monai.transforms import (
-        Compose,
-        CropForegroundd,
-        DeleteItemsd,
-        EnsureTyped,
-        NormalizeIntensityd,
-        Orientationd,
-        Spacingd,
-    )
+    from monai.transforms import Compose, CropForegroundd, NormalizeIntensityd, Orientationd, Spacingd
 
     task = get_task(task)
     keys = ["image", "label"] if with_label else ["image"]
-    steps: list[Any] = [  # errors of the checks and the loader name the file at fault (data/input_files.py)
-        SourceFilesd(keys),
-        CheckHeadersd(keys, task),
-        NamedLoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
-        *modality_selection(task),  # a modality subset: its channels of a 4D file of all (data/modalities.py)
-        EnsureTyped(keys="image", dtype=np.float32, track_meta=True),
-        CheckFinited(keys="image"),
-        DeleteItemsd(keys=[f"{k}{SOURCES_SUFFIX}" for k in keys]),  # file lists would not collate into batches
-    ]
+    steps: list[Any] = loading_steps(task, keys)
     if orientation:
         steps.append(Orientationd(keys=keys, axcodes=orientation, labels=None))
     if spacing is not None:
