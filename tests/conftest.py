@@ -93,7 +93,8 @@ def make_tiny_bundle():
         for name in ("inference.json", "train.json"):
             path = bundle / "configs" / name
             config = json.loads(path.read_text(encoding="utf-8"))
-            config["network_def"].update(TINY_UNET3D)
+            if name == "train.json":  # the one network definition (inference.json builds train.json's)
+                config["network_def"].update(TINY_UNET3D)
             config["roi_size"] = [32, 32, 32]
             path.write_text(json.dumps(config, indent=4), encoding="utf-8")
         if weights:

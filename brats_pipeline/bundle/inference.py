@@ -5,6 +5,8 @@
   channel count, NaN/Inf, an empty modality): ``image`` is one 4D NIfTI with the modalities stacked on
   the last axis (MSD style, what MONAI Label sends) or a list of per-modality files;
 * the label-map transforms (:class:`~brats_pipeline.inference.postprocess.RegionsToLabelsd`, ``ClassesToLabelsd``) live with the post-processing;
+* :func:`train_network` is ``network_def``: the network ``train.json`` defines (one definition to
+  edit or override), built with ``--network_def#<arg>`` overrides set on it;
 * :func:`load_network` loads ``models/model.pt`` **strictly** (MONAI Label's own loader is
   not strict: a prefixed or Lightning state dict loads there as random weights);
 * :func:`as_device` reads a bundle's ``device``.
@@ -77,6 +79,36 @@ def inference_preprocessing(
     steps = [*steps[:after_load], CheckChannelsd("image", task), *steps[after_load:]]
     checks = (CheckHeadersd, CheckFinited, CheckChannelsd)
     return Compose([ReportInputErrors(t) if isinstance(t, checks) else t for t in steps])
+
+
+def train_network(config_file: str | os.PathLike, **overrides: Any) -> Any:
+    """The ``network_def`` of the bundle's ``train.json`` (``config_file``), built, with ``overrides`` set on it first.
+
+    ``inference.json``'s ``network_def`` is ``{"_target_": "brats_pipeline.bundle.train_network",
+    "config_file": "$@bundle_root + '/configs/train.json'"}``: the network is defined once, and
+    ``--network_def#features [...]`` on ``monai.bundle run`` (or MONAI Label's
+    ``network_def#dropout``) reaches it as an override.
+
+    Raises:
+        FileNotFoundError: no ``config_file`` (``bundle_root`` not the bundle's folder).
+        ValueError: it has no ``network_def``, or an override does not fit it.
+    """
+    from monai.bundle import ConfigParser
+
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.absolute()}: not found; inference.json builds the network train.json defines "
+                                "(set --bundle_root to the bundle's folder)")
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    if not isinstance(parser.config.get("network_def"), dict):
+        raise ValueError(f"{path}: no 'network_def' component")
+    for key, value in overrides.items():
+        parser[f"network_def#{key}"] = value
+    try:
+        return parser.get_parsed_content("network_def")
+    except Exception as exc:  # MONAI names the target; say which file and overrides
+        raise ValueError(f"{path}: its network_def could not be built with {overrides}: {exc}") from exc
 
 
 def load_network(network: Any, path: str | os.PathLike, device: Any = "cpu") -> Any:

@@ -174,8 +174,7 @@ class BundleRunner:
         from brats_pipeline.inference import Predictor
 
         if task is None:
-            raise ValueError("BundleRunner needs the bundle's task ('\"task\": \"@task\"' in the evaluator of "
-                             "inference.json; 'brats-bundle generate' writes it)")
+            raise ValueError("BundleRunner needs the bundle's task: add '\"task\": \"@task\"' to the evaluator of inference.json")
         self.dataset, self.postprocessing = dataset, postprocessing
         self.writer, self.scorer, self.overwrite = writer, scorer, bool(overwrite)
         self.predictor = Predictor(network, task, inferer=inferer, device=as_device(device), amp=amp,

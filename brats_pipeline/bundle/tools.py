@@ -1,7 +1,8 @@
 """Tools around a bundle: export a checkpoint's weights, verify everything, stack modalities.
 
 * :func:`export_checkpoint`: Lightning checkpoint -> ``models/model.pt`` (strictly checked
-  against the bundle's ``network_def``) + ``eval_metrics``;
+  against the bundle's ``network_def``) + ``eval_metrics`` (and the metrics table of
+  ``docs/README.md``, between :data:`METRICS_BEGIN` and :data:`METRICS_END`);
 * :func:`verify_bundle`: layout, metadata schema, MONAI property ids, network in/out,
   strict weights, TorchScript equal to the eager network;
 * :func:`stack_modalities`: per-modality files -> one 4D NIfTI (what MONAI Label sends).
@@ -19,9 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from brats_pipeline.bundle.docs import readme
 from brats_pipeline.bundle.inference import load_network
-from brats_pipeline.bundle.specs import BUNDLES
 from brats_pipeline.bundle.training import accelerator_of, devices_of
 from brats_pipeline.constants import Task, get_task
 from brats_pipeline.weights import network_state_dict, read_checkpoint, save_state_dict
@@ -31,6 +30,17 @@ logger = logging.getLogger(__name__)
 #: File the trained network weights live in, inside ``<bundle>/models/``.
 MODEL_FILE = "model.pt"
 CONFIG_FILES = ("metadata.json", "train.json", "multi_gpu_train.json", "inference.json", "evaluate.json", "logging.conf")
+#: The metadata schema the MONAI model zoo names today: it requires ``required_packages_version``, the key MONAI
+#: >= 1.4 reads (the 20220324 schema requires ``optional_packages_version``, which MONAI renames with a warning).
+SCHEMA_NAME = "meta_schema_20240725.json"
+SCHEMA_URL = f"https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/{SCHEMA_NAME}"
+#: Where each bundle ships an unchanged copy of that schema (Project MONAI's, Apache-2.0), so that
+#: ``verify_metadata --filepath docs/meta_schema_20240725.json`` reads it instead of downloading (offline).
+SCHEMA_FILE = f"docs/{SCHEMA_NAME}"
+#: The lines around the metrics table of a bundle's ``docs/README.md`` that :func:`export_checkpoint` rewrites
+#: (the rest of the README is hand-written and left alone; a README without them is not touched).
+METRICS_BEGIN = "<!-- eval_metrics: written by brats-bundle export from configs/metadata.json -->"
+METRICS_END = "<!-- /eval_metrics -->"
 
 
 def _bundle_dir(bundle: str | os.PathLike) -> Path:
@@ -68,7 +78,8 @@ def export_checkpoint(
     trained on every fold, ``fold=-1``, whose validation cases were training cases) and, with
     ``datalist``, the per-region Dice (and HD95) of a validation run on ``fold`` (``val_*``).
     Other entries already there (e.g. cross-validation figures) are kept; those of an earlier
-    export are replaced. ``docs/README.md`` is re-rendered for bundles of :data:`BUNDLES`.
+    export are replaced. In ``docs/README.md`` only the table between :data:`METRICS_BEGIN` and
+    :data:`METRICS_END` is rewritten (with every ``eval_metrics`` entry), where the README has them.
 
     From the repository root, e.g. for the LGG bundle::
 
@@ -95,7 +106,7 @@ def export_checkpoint(
     ckpt_mode = (ckpt.get("hyper_parameters") or {}).get("output_mode") or "sigmoid"
     if ckpt_mode != parser.get("output_mode", "sigmoid"):
         raise ValueError(f"{checkpoint}: trained with output_mode {ckpt_mode!r}, the bundle {bundle_dir.name} is "
-                         f"{parser.get('output_mode', 'sigmoid')!r} (BundleSpec output_mode)")
+                         f"{parser.get('output_mode', 'sigmoid')!r} (its output_mode id)")
     network = parser.get_parsed_content("network_def")
     state = network_state_dict(ckpt)
     try:
@@ -124,13 +135,32 @@ def export_checkpoint(
     metrics = {**kept, **metrics}
     meta["eval_metrics"] = metrics
     write_json(meta, meta_path, indent=4)
-    if bundle_dir.name in BUNDLES:
-        from preprocessing.io import atomic_path
-
-        with atomic_path(bundle_dir / "docs" / "README.md") as tmp:
-            tmp.write_text(readme(BUNDLES[bundle_dir.name], metrics), encoding="utf-8")
+    _write_metrics_table(bundle_dir / "docs" / "README.md", metrics)
     logger.info("exported %s -> %s; eval_metrics %s", checkpoint, bundle_dir / "models" / MODEL_FILE, metrics)
     return metrics
+
+
+def metrics_table(eval_metrics: Mapping[str, Any]) -> str:
+    """``eval_metrics`` as a Markdown table (floats to 4 decimals), as a bundle's ``docs/README.md`` shows them."""
+    rows = [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in eval_metrics.items()]
+    return "\n".join(["| metric | value |", "| --- | --- |", *rows])
+
+
+def _write_metrics_table(readme: Path, eval_metrics: Mapping[str, Any]) -> bool:
+    """Rewrite the metrics block of a bundle's README (between the markers); ``False`` (nothing written) without one."""
+    from preprocessing.io import atomic_path
+
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    begin = text.find(METRICS_BEGIN)
+    end = text.find(METRICS_END, begin + len(METRICS_BEGIN)) if begin >= 0 else -1
+    if end < 0:
+        logger.info("%s: no metrics block (%s ... %s); left unchanged", readme, METRICS_BEGIN, METRICS_END)
+        return False
+    new = f"{text[:begin]}{METRICS_BEGIN}\n\n{metrics_table(eval_metrics)}\n\n{text[end:]}"
+    if new != text:
+        with atomic_path(readme) as tmp:
+            tmp.write_text(new, encoding="utf-8")
+    return True
 
 
 def _export_metric(key: str) -> bool:
@@ -232,7 +262,8 @@ def verify_bundle(
     def net_in_out() -> str:
         from monai.bundle import verify_net_in_out
 
-        verify_net_in_out(net_id="network_def", meta_file=meta, config_file=inference, device=device)
+        verify_net_in_out(net_id="network_def", meta_file=meta, config_file=inference, device=device,
+                          bundle_root=str(bundle_dir))
         return "network output channels and dtype match metadata"
 
     run("verify_metadata", metadata_schema)

@@ -1,9 +1,9 @@
 """Training parts of ``configs/train.json``: cases of a fold, the data module, devices, weights out.
 
-* :class:`CaseSplit` is ``train#dataset`` / ``validate#dataset``: one side of a fold of the
-  dataset's datalist, or the list MONAI Label's trainer writes into ``train#dataset#data``;
-* :func:`split_datamodule` turns the two sides into a
-  :class:`~brats_pipeline.data.datamodule.BratsDataModule`;
+* :func:`split_cases` is ``train#dataset#data`` / ``validate#dataset#data``: one side of a fold of
+  the dataset's datalist (MONAI Label's trainer writes its own list there);
+* :func:`bundle_datamodule` gives ``train#dataset`` and ``validate#dataset`` (MONAI datasets with the
+  config's transforms) to a :class:`~brats_pipeline.data.datamodule.BratsDataModule`;
 * :func:`accelerator_of`, :func:`devices_of`, :func:`precision_of`, :func:`ddp_devices` map
   the bundle's ``device`` (a ``torch.device``, or a string such as MONAI Label's ``"cuda"``)
   to Lightning ``Trainer`` arguments;
@@ -69,8 +69,10 @@ def load_cases(
     datalist: str | os.PathLike | None,
     task: str | Task,
     output_dir: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """The dataset's datalist: ``datalist`` if that file exists, else discovered in ``dataset_dir``.
+) -> list[dict[str, Any]]:
+    """The ``training`` entries (with their folds) of the dataset's datalist: ``datalist`` if that file exists, else
+    one discovered in ``dataset_dir``; read by the one case reader (:func:`brats_pipeline.data.cases.read_cases`:
+    ids checked as safe file names, a datalist of another task refused).
 
     A discovered datalist (5 patient-level folds, fewer for fewer patients; seed 0; header
     checks) is written to ``output_dir/datalist.json`` so that the folds of a run are on record;
@@ -78,17 +80,15 @@ def load_cases(
 
     Raises:
         FileNotFoundError: neither the datalist file nor the dataset folder exists.
-        ValueError: the datalist is of another task.
+        ValueError: the datalist is of another task, or has no training cases.
     """
-    from brats_pipeline.data.datalist import build_datalist, load_datalist, write_datalist
+    from brats_pipeline.data.cases import read_cases
+    from brats_pipeline.data.datalist import build_datalist, write_datalist
     from brats_pipeline.data.discovery import discover_cases
 
     task = get_task(task)
     if datalist and Path(datalist).is_file():
-        loaded = load_datalist(datalist)
-        if get_task(loaded["task"]).name != task.name:
-            raise ValueError(f"{datalist}: datalist of task {loaded['task']!r}, but the bundle is for {task.name!r}")
-        return loaded
+        return read_cases(datalist, task, split="training", consumer="bundle")
     if not dataset_dir or not Path(dataset_dir).is_dir():
         raise FileNotFoundError(
             f"dataset folder {dataset_dir!r} not found (and no datalist file {datalist!r}); "
@@ -98,62 +98,48 @@ def load_cases(
     built = build_datalist(dataset_dir, task, folds=max(1, min(5, len(labelled))), seed=0, check="header")
     for skipped in built.get("skipped", []):  # a case that cannot be used is left out, by name
         logger.warning("%s: case %s left out: %s: %s", dataset_dir, skipped["case_id"], skipped["file"], skipped["reason"])
-    if output_dir:
-        path = write_datalist(built, Path(output_dir) / "datalist.json")
-        logger.info("discovered %d labelled cases in %s; folds written to %s", built["numTraining"], dataset_dir, path)
-        return load_datalist(path)
-    return built
+    if not output_dir:
+        return list(built["training"])
+    path = write_datalist(built, Path(output_dir) / "datalist.json")
+    logger.info("discovered %d labelled cases in %s; folds written to %s", built["numTraining"], dataset_dir, path)
+    return read_cases(path, task, split="training", consumer="bundle")
 
 
-class CaseSplit:
-    """One side of a cross-validation fold: ``train#dataset`` or ``validate#dataset`` of ``train.json``.
+def split_cases(
+    dataset_dir: str | None = None,
+    datalist: str | None = None,
+    task: str = "brats2021",
+    fold: int = 0,
+    part: str = "train",
+    output_dir: str | None = None,
+    modalities: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One side of a cross-validation fold: ``train#dataset#data`` or ``validate#dataset#data`` of ``train.json``.
 
-    ``data`` (a list of ``{"image": ..., "label": ...}``), when given, wins: it is what MONAI
-    Label's trainer writes into ``train#dataset#data`` / ``validate#dataset#data``. Otherwise the
-    cases come from the datalist (see :func:`load_cases`), read only when first asked for.
+    MONAI Label's trainer replaces these ids with its own list of ``{"image": ..., "label": ...}``.
 
     Args:
         dataset_dir: dataset folder (task layout, or holding ``datalist.json``).
-        datalist: datalist JSON file (preferred when it exists).
+        datalist: datalist JSON file (preferred when it exists; see :func:`load_cases`).
         task: the bundle's task.
         fold: validation fold; ``-1`` trains on every fold and validates on fold 0.
         part: ``train`` (the other folds) or ``validate`` (this fold).
         output_dir: where a discovered datalist is recorded.
-        data: explicit cases (overrides everything else).
         modalities: a modality subset the network reads (:mod:`brats_pipeline.data.modalities`): a
             dataset folder is searched for those files only (cases without the others are used).
     """
+    from brats_pipeline.data.datalist import split_fold
+    from brats_pipeline.data.modalities import select_modalities
 
-    def __init__(
-        self,
-        dataset_dir: str | None = None,
-        datalist: str | None = None,
-        task: str = "brats2021",
-        fold: int = 0,
-        part: str = "train",
-        output_dir: str | None = None,
-        data: Sequence[Mapping[str, Any]] | None = None,
-        modalities: Sequence[str] | None = None,
-    ) -> None:
-        from brats_pipeline.data.modalities import select_modalities
-
-        if part not in SPLIT_PARTS:
-            raise ValueError(f"unknown part {part!r}; choose one of {SPLIT_PARTS}")
-        self.dataset_dir, self.datalist, self.task = dataset_dir, datalist, select_modalities(get_task(task), modalities)
-        self.fold, self.part, self.output_dir = int(fold), part, output_dir
-        self.data = None if data is None else [dict(d) for d in data]
-
-    def cases(self) -> list[dict[str, Any]]:
-        """The cases of this side (explicit ``data``, or the fold of the datalist)."""
-        from brats_pipeline.data.datalist import split_fold
-
-        if self.data is not None:
-            return list(self.data)
-        entries = load_cases(self.dataset_dir, self.datalist, self.task, self.output_dir)["training"]
-        if not entries:
-            raise ValueError(f"no labelled cases in {self.datalist or self.dataset_dir}")
-        train, val = (entries, split_fold(entries, 0)[1]) if self.fold == -1 else split_fold(entries, self.fold)
-        return train if self.part == "train" else val
+    if part not in SPLIT_PARTS:
+        raise ValueError(f"unknown part {part!r}; choose one of {SPLIT_PARTS}")
+    entries = [dict(e) for e in load_cases(dataset_dir, datalist, select_modalities(get_task(task), modalities), output_dir)
+               if e.get("label")]
+    if not entries:
+        raise ValueError(f"no labelled cases in {datalist or dataset_dir}")
+    fold = int(fold)
+    train, val = (entries, split_fold(entries, 0)[1]) if fold == -1 else split_fold(entries, fold)
+    return train if part == "train" else val
 
 
 def _training_entry(case: Mapping[str, Any], fold: int, where: str) -> dict[str, Any]:
@@ -165,32 +151,35 @@ def _training_entry(case: Mapping[str, Any], fold: int, where: str) -> dict[str,
             "image": case["image"], "label": case["label"]}
 
 
-def split_datamodule(
-    train: CaseSplit,
-    validate: CaseSplit,
+def bundle_datamodule(
+    train: Any,
+    validate: Any,
     task: str | Task,
     datalist_path: str | os.PathLike,
     **datamodule_kwargs: Any,
 ) -> Any:
-    """A :class:`~brats_pipeline.data.datamodule.BratsDataModule` over two explicit case lists.
+    """A :class:`~brats_pipeline.data.datamodule.BratsDataModule` that trains on ``train#dataset`` and validates on ``validate#dataset``.
 
-    Writes the cases as a two-fold datalist (training fold 0, validation fold 1) to
-    ``datalist_path`` — a record of exactly what a run trained on — and returns
-    ``BratsDataModule(datalist_path, fold=1, **datamodule_kwargs)``. When MONAI Label gives
-    training cases but no (or an empty list of) validation cases (``val_split`` 0), validation
-    uses the training cases; a case in both lists is entered twice, the validation copy's
-    ``case_id`` suffixed ``+val`` so that ids stay unique.
+    The datasets (``train.json``'s MONAI ``CacheDataset`` objects, or a ``SliceDataset`` for a 2D network)
+    are used as given, with their transforms: a transform added to ``train#preprocessing`` or
+    ``train#random_transforms`` changes training. Their cases (``.data``) are written as a
+    two-fold datalist (training fold 0, validation fold 1) to ``datalist_path``, a record of
+    exactly what a run trained on. Without validation cases (MONAI Label's ``val_split`` 0)
+    validation uses the training cases with the validation transform; a case in both lists is
+    entered twice, the validation copy's ``case_id`` suffixed ``+val`` so that ids stay unique.
     """
+    from monai.data import Dataset
+
     from brats_pipeline.data.datamodule import BratsDataModule
     from preprocessing.io import write_json
 
     task = get_task(task)
-    train_cases = train.cases()
-    if not validate.data and train.data is not None:
-        logger.warning("no validation cases given with explicit training cases: validating on the training cases")
+    train_cases = list(getattr(train, "data", None) or [])
+    val_cases = list(getattr(validate, "data", None) or [])
+    if train_cases and not val_cases:
+        logger.warning("no validation cases given: validating on the training cases")
         val_cases = train_cases
-    else:
-        val_cases = validate.cases()
+        validate = Dataset(train_cases, getattr(validate, "transform", None))
     if not train_cases or not val_cases:
         raise ValueError(f"need training and validation cases, got {len(train_cases)} and {len(val_cases)}")
     entries = [_training_entry(c, 0, "train#dataset") for c in train_cases]
@@ -204,7 +193,7 @@ def split_datamodule(
     datalist = {"name": "bundle_split", "task": task.name, "num_folds": 2, "training": entries, "testing": [],
                 "numTraining": len(entries), "numTest": 0}
     write_json(datalist, datalist_path)
-    return BratsDataModule(str(datalist_path), fold=1, **datamodule_kwargs)
+    return BratsDataModule(str(datalist_path), fold=1, train_dataset=train, val_dataset=validate, **datamodule_kwargs)
 
 
 def _best_checkpoint_callback(trainer: Any) -> Any:

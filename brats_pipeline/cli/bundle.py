@@ -1,10 +1,9 @@
-"""``brats-bundle``: run a bundle, export weights into it, verify it, stack modalities, (re)generate bundles.
+"""``brats-bundle``: run a bundle, export weights into it, verify it, stack modalities.
 
     brats-bundle run --config_file bundles/brats_unet3d_segmentation/configs/inference.json --dataset_dir data --output_dir preds
     brats-bundle export --checkpoint runs/.../best.ckpt --bundle bundles/brats_unet3d_segmentation
     brats-bundle verify bundles/brats_unet3d_segmentation --schema bundles/brats_unet3d_segmentation/docs/meta_schema_20240725.json
     brats-bundle stack t1c.nii.gz t1.nii.gz t2.nii.gz flair.nii.gz -o case.nii.gz --task brats2021
-    brats-bundle generate --check
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from brats_pipeline.constants import TASK_ALIASES, TASKS
-
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "bundles"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,11 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     stk.add_argument("--case-dir", help="instead of FILES: a case folder in the task's layout (needs --task)")
     stk.add_argument("--task", choices=sorted([*TASKS, *TASK_ALIASES]), help="check the number of files / find them")
     stk.add_argument("-o", "--output", required=True, help="4D NIfTI to write (.nii.gz)")
-
-    gen = sub.add_parser("generate", allow_abbrev=False, help="write bundles/<name> from the template (keeps measured eval_metrics)")
-    gen.add_argument("names", nargs="*", help="bundles to write (default: all)")
-    gen.add_argument("--root", default=str(DEFAULT_ROOT), help=f"folder holding the bundles (default {DEFAULT_ROOT})")
-    gen.add_argument("--check", action="store_true", help="write nothing; exit 1 if any file differs from the template")
     return parser
 
 
@@ -87,22 +79,6 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from brats_pipeline.bundle import BUNDLES, check_bundle, get_bundle_spec, write_bundle
-
-    specs = [get_bundle_spec(n) for n in args.names] if args.names else list(BUNDLES.values())
-    if args.check:
-        stale = [path for spec in specs for path in check_bundle(spec, args.root)]
-        for path in stale:
-            print(f"out of date: {path}")
-        print(f"{len(specs)} bundle(s) checked, {len(stale)} file(s) out of date"
-              + (" (run brats-bundle generate)" if stale else ""))
-        return 1 if stale else 0
-    for spec in specs:
-        print(f"{write_bundle(spec, args.root)}: written")
-    return 0
-
-
 def _run(argv: Sequence[str]) -> int:
     """``brats-bundle run ARGS``: ``monai.bundle run`` (arguments parsed by ``fire``, as there), overrides checked first.
 
@@ -132,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["run"]:  # fire, not argparse, parses monai.bundle run's --id value pairs
         return _run(argv[1:])
     args = build_parser().parse_args(argv)
-    command = {"export": _export, "verify": _verify, "stack": _stack, "generate": _generate}[args.command]
+    command = {"export": _export, "verify": _verify, "stack": _stack}[args.command]
     try:
         return command(args)
     except (ValueError, FileNotFoundError) as err:

@@ -1,10 +1,11 @@
-"""Bundles: committed files equal the template, metadata and ids follow MONAI, strict weights, parts of the configs."""
+"""Bundles: the committed files agree with each other, metadata and ids follow MONAI, strict weights, parts of the configs."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -18,37 +19,58 @@ from brats_pipeline.data.datalist import build_datalist, write_datalist
 from brats_pipeline.data.synthetic import write_cohort
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLE_DIRS = [REPO / "bundles" / name for name in bb.BUNDLES]
+#: Every bundle of ``bundles/``: the folders holding ``configs/metadata.json``.
+BUNDLE_DIRS = sorted(p.parents[1] for p in (REPO / "bundles").glob("*/configs/metadata.json"))
 
 
-# ----------------------------------------------------------------------------- template
-def test_committed_bundles_equal_the_template() -> None:
-    assert sorted(p.name for p in (REPO / "bundles").iterdir() if p.is_dir()) == sorted(bb.BUNDLES)
-    for spec in bb.BUNDLES.values():
-        assert bb.check_bundle(spec, REPO / "bundles") == [], "run: brats-bundle generate"
-    assert bundle_main(["generate", "--check"]) == 0
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
 
 
-def test_generate_writes_a_bundle_and_keeps_measured_metrics(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    spec = bb.get_bundle_spec("lgg_flair_segmentation")
-    bundle = bb.write_bundle(spec, tmp_path)
-    assert sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()) == sorted(bb.render_bundle(spec))
-    meta_path = bundle / "configs" / "metadata.json"
-    meta = json.loads(meta_path.read_text())
-    meta["eval_metrics"] = {"val_mean_dice": 0.81}
-    meta_path.write_text(json.dumps(meta))
-    (bundle / "configs" / "train.json").write_text("{}")
-    assert bundle_main(["generate", "lgg_flair_segmentation", "--root", str(tmp_path), "--check"]) == 1
-    assert "out of date" in capsys.readouterr().out
-    bb.write_bundle(spec, tmp_path)
-    assert bb.check_bundle(spec, tmp_path) == []
-    assert json.loads(meta_path.read_text())["eval_metrics"] == {"val_mean_dice": 0.81}
-    assert "| val_mean_dice | 0.8100 |" in (bundle / "docs" / "README.md").read_text()
+# ---------------------------------------------------------------- hand-written bundles
+def test_every_bundle_folder_is_a_bundle() -> None:
+    folders = sorted(p for p in (REPO / "bundles").iterdir() if p.is_dir())
+    assert folders == BUNDLE_DIRS and len(BUNDLE_DIRS) == 4
+    with pytest.raises(SystemExit):  # the files are the source: no generator to run
+        bundle_main(["generate", "--check"])
 
 
-def test_unknown_bundle_name_is_rejected() -> None:
-    with pytest.raises(ValueError, match="unknown bundle 'brats_unet4d'; choose one of brats_unet3d_segmentation"):
-        bb.get_bundle_spec("brats_unet4d")
+@pytest.mark.parametrize("bundle", BUNDLE_DIRS, ids=lambda p: p.name)
+def test_committed_bundle_is_consistent_with_itself(bundle: Path) -> None:
+    """Task, network and metadata channels, version and changelog agree; every config file is JSON."""
+    from brats_pipeline.networks import input_channels_of, network_config
+
+    configs = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted((bundle / "configs").glob("*.json"))}
+    assert {"metadata.json", "train.json", "inference.json", "evaluate.json", "multi_gpu_train.json"} <= set(configs)
+    meta, train, inference = configs["metadata.json"], configs["train.json"], configs["inference.json"]
+    assert train["task"] == inference["task"]
+    task = get_task(inference["task"])
+    network = bb.bundle_parser(bundle, "inference.json").get_parsed_content("network_def")
+    built = network_config(network)
+    assert built is not None and input_channels_of(network) == built["in_channels"]
+    image = meta["network_data_format"]["inputs"]["image"]
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert image["num_channels"] == len(image["channel_def"]) == built["in_channels"]
+    assert pred["num_channels"] == built["out_channels"]
+    assert len(image["spatial_shape"]) == built["spatial_dims"]
+    assert {int(k) for k in pred["channel_def"]} == set(task.label_values)  # MONAI Label's label list
+    newest = max(meta["changelog"], key=_version)
+    assert meta["version"] == newest == next(iter(meta["changelog"]))  # newest first, as the model zoo writes it
+    assert meta["schema"] == bb.SCHEMA_URL and (bundle / bb.SCHEMA_FILE).is_file()
+
+
+def test_metrics_table_of_the_readme_is_written_between_its_markers(tmp_path: Path) -> None:
+    from brats_pipeline.bundle.tools import METRICS_BEGIN, METRICS_END, _write_metrics_table
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Measured metrics\n{METRICS_BEGIN}\n\nNot measured yet.\n\n{METRICS_END}\n\nHand text.\n")
+    assert _write_metrics_table(readme, {"val_mean_dice": 0.81, "epoch": 3})
+    text = readme.read_text()
+    assert "Not measured yet" not in text and text.endswith(f"{METRICS_END}\n\nHand text.\n")
+    assert f"{METRICS_BEGIN}\n\n| metric | value |\n| --- | --- |\n| val_mean_dice | 0.8100 |\n| epoch | 3 |\n\n" in text
+    plain = tmp_path / "plain.md"
+    plain.write_text("# y\n\n## Measured metrics\nby hand\n")
+    assert not _write_metrics_table(plain, {"epoch": 3}) and plain.read_text() == "# y\n\n## Measured metrics\nby hand\n"
 
 
 # ---------------------------------------------------------------------- MONAI checks
@@ -56,9 +78,7 @@ def test_unknown_bundle_name_is_rejected() -> None:
 def test_metadata_verifies_offline(bundle: Path) -> None:
     from monai.bundle import verify_metadata
 
-    from brats_pipeline.bundle.specs import SCHEMA_FILE
-
-    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(bundle / SCHEMA_FILE))
+    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(bundle / bb.SCHEMA_FILE))
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_DIRS, ids=lambda p: p.name)
@@ -68,17 +88,20 @@ def test_configs_have_monai_ids_and_the_network_fits_the_metadata(bundle: Path) 
     assert bb.config_property_problems(bundle / "configs" / "train.json", "train") == ([], [])
     assert bb.config_property_problems(bundle / "configs" / "inference.json", "infer") == ([], [])
     verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
-                      config_file=str(bundle / "configs" / "inference.json"), device="cpu")
+                      config_file=str(bundle / "configs" / "inference.json"), device="cpu", bundle_root=str(bundle))
+    from brats_pipeline.networks import network_config
+
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    network = network_config(bb.bundle_parser(bundle).get_parsed_content("network_def"))
     task = get_task(inference["task"])
     image = meta["network_data_format"]["inputs"]["image"]
     pred = meta["network_data_format"]["outputs"]["pred"]
     context = inference.get("context", 0)  # 2.5D: each modality at slices z-k .. z+k, modality-major
     slices = {0: [""], 1: [" z-1", " z", " z+1"]}[context]
     assert image["channel_def"] == {str(i): name for i, name in enumerate(m + s for m in task.modality_names for s in slices)}
-    assert image["num_channels"] == inference["network_def"]["in_channels"] == len(image["channel_def"])
-    assert len(image["spatial_shape"]) == inference["network_def"]["spatial_dims"]
+    assert image["num_channels"] == network["in_channels"] == len(image["channel_def"])
+    assert len(image["spatial_shape"]) == network["spatial_dims"]
     assert pred["num_channels"] == len(task.regions)
     assert [r["name"] for r in pred["regions"].values()] == list(task.region_names)
     assert {int(k) for k in pred["channel_def"]} == set(task.label_values)  # MONAI Label's label list
@@ -142,7 +165,9 @@ def _bundle_copy(tmp_path: Path, eval_metrics: dict) -> Path:
 
 
 def test_export_writes_plain_weights_and_metrics(lgg_network: torch.nn.Module, tmp_path: Path) -> None:
-    """Checkpoint figures replace an earlier export's; others (cross-validation) are kept."""
+    """Checkpoint figures replace an earlier export's; others (cross-validation) are kept; the README's table follows."""
+    from brats_pipeline.bundle.tools import METRICS_BEGIN, METRICS_END
+
     bundle = _bundle_copy(tmp_path, {"cv_mean_dice": 0.81, "val_mean_dice": 0.2, "best_val_dice_mean": 0.3})
     ckpt = _lightning_checkpoint(lgg_network, tmp_path / "best.ckpt", "lgg")
     assert bundle_main(["export", "--checkpoint", str(ckpt), "--bundle", str(bundle)]) == 0
@@ -152,6 +177,9 @@ def test_export_writes_plain_weights_and_metrics(lgg_network: torch.nn.Module, t
     assert meta["eval_metrics"] == {"cv_mean_dice": 0.81, "best_val_dice_mean": 0.75, "epoch": 7, "global_step": 560}
     readme = (bundle / "docs" / "README.md").read_text()
     assert "| best_val_dice_mean | 0.7500 |" in readme and "| cv_mean_dice | 0.8100 |" in readme
+    shipped = (REPO / "bundles" / "lgg_flair_segmentation" / "docs" / "README.md").read_text()
+    outside = lambda text: (text.split(METRICS_BEGIN)[0], text.split(METRICS_END)[1])  # noqa: E731
+    assert outside(readme) == outside(shipped)  # the hand-written rest of the README is left alone
 
 
 def test_export_of_a_run_on_every_fold_records_no_validation_score(lgg_network: torch.nn.Module, tmp_path: Path) -> None:
@@ -169,7 +197,7 @@ def test_export_rejects_other_architectures_and_tasks(tmp_path: Path) -> None:
     ckpt = _lightning_checkpoint(small, tmp_path / "small.ckpt", "lgg")
     with pytest.raises(ValueError, match="small.ckpt: weights do not fit the network_def"):
         bb.export_checkpoint(ckpt, bundle)
-    net_def = json.loads((bundle / "configs" / "inference.json").read_text())["network_def"]
+    net_def = json.loads((bundle / "configs" / "train.json").read_text())["network_def"]
     options = {k: v for k, v in net_def.items() if k not in ("_target_", "name", "in_channels", "out_channels")}
     plain_2d = build_network(net_def["name"], 3, 1, **options)  # the same network for 2D slices, not 2.5D slabs
     plain_2d = _lightning_checkpoint(plain_2d, tmp_path / "2d.ckpt", "lgg")
@@ -314,29 +342,42 @@ def test_input_errors_become_http_422_only_inside_monai_label(cohort: Path, monk
     assert isinstance(error.__cause__, ImageFileError)
 
 
-def test_case_split_uses_explicit_data_or_the_fold(cohort: Path, tmp_path: Path) -> None:
-    explicit = [{"image": "/x/a.nii.gz", "label": "/x/a_seg.nii.gz"}]
-    assert bb.CaseSplit(dataset_dir="/nonexistent", data=explicit).cases() == explicit  # nothing read
-    train = bb.CaseSplit(dataset_dir=str(cohort), datalist=str(cohort / "datalist.json"), task="brats2021",
-                         fold=0, part="train", output_dir=str(tmp_path))
-    assert len(train.cases()) == 2 and (tmp_path / "datalist.json").is_file()  # discovered, folds recorded
-    assert len(bb.CaseSplit(dataset_dir=str(cohort), fold=-1, part="train", output_dir=str(tmp_path)).cases()) == 3
+def test_split_cases_reads_one_side_of_the_fold(cohort: Path, tmp_path: Path) -> None:
+    train = bb.split_cases(dataset_dir=str(cohort), datalist=str(cohort / "datalist.json"), task="brats2021",
+                           fold=0, part="train", output_dir=str(tmp_path))
+    assert len(train) == 2 and (tmp_path / "datalist.json").is_file()  # discovered, folds recorded
+    validate = bb.split_cases(dataset_dir=str(cohort), fold=0, part="validate", output_dir=str(tmp_path))
+    assert {e["case_id"] for e in train}.isdisjoint({e["case_id"] for e in validate}) and len(validate) == 1
+    assert len(bb.split_cases(dataset_dir=str(cohort), fold=-1, part="train", output_dir=str(tmp_path))) == 3
     with pytest.raises(FileNotFoundError, match="dataset folder '/nonexistent' not found"):
-        bb.CaseSplit(dataset_dir="/nonexistent").cases()
+        bb.split_cases(dataset_dir="/nonexistent")
     with pytest.raises(ValueError, match="unknown part 'test'"):
-        bb.CaseSplit(part="test")
-    with pytest.raises(ValueError, match="has no 'label'"):
-        bb.split_datamodule(bb.CaseSplit(data=[{"image": "/x/a.nii.gz"}]), bb.CaseSplit(part="validate"),
-                            "brats2021", tmp_path / "split.json")
+        bb.split_cases(dataset_dir=str(cohort), part="test")
 
 
-def test_split_datamodule_validates_on_the_training_cases_when_none_are_given(cohort: Path, tmp_path: Path) -> None:
-    """MONAI Label's ``val_split`` 0: validation reuses the training case, under its own id."""
+def _preprocessing() -> Any:
+    from monai.transforms import Compose
+
+    from brats_pipeline.data.transforms import deterministic_transforms
+
+    return Compose(deterministic_transforms("brats2021", orientation=None).transforms)
+
+
+def test_bundle_datamodule_validates_on_the_training_cases_when_none_are_given(cohort: Path, tmp_path: Path) -> None:
+    """MONAI Label's ``val_split`` 0: validation reuses the training case, under its own id, with the validation transform."""
+    from monai.data import Dataset
+
     case = cohort / "BraTS2021_00000"
     explicit = [{"image": bb.case_modality_files(case, "brats2021"), "label": str(case / "BraTS2021_00000_seg.nii.gz")}]
-    dm = bb.split_datamodule(bb.CaseSplit(data=explicit), bb.CaseSplit(data=[]), "brats2021", tmp_path / "split.json",
-                             patch_size=[32, 32, 32], batch_size=1, num_workers=0)
+    transform = _preprocessing()
+    dm = bb.bundle_datamodule(Dataset(explicit, transform), Dataset([], transform), "brats2021", tmp_path / "split.json",
+                              batch_size=1, num_workers=0)
     split = json.loads((tmp_path / "split.json").read_text())
     assert [(e["case_id"], e["fold"]) for e in split["training"]] == [("BraTS2021_00000", 0), ("BraTS2021_00000+val", 1)]
     assert [e["image"] for e in split["training"]] == [explicit[0]["image"]] * 2
     assert len(dm.datalist["training"]) == 2
+    dm.setup("validate")
+    assert list(dm.val_ds.data) == explicit and dm.val_ds.transform is transform
+    with pytest.raises(ValueError, match="has no 'label'"):
+        bb.bundle_datamodule(Dataset([{"image": "/x/a.nii.gz"}], transform), Dataset([], transform), "brats2021",
+                             tmp_path / "split2.json")

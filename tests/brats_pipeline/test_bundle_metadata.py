@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 import brats_pipeline.bundle as bb
-from brats_pipeline.bundle.specs import SCHEMA_FILE, SCHEMA_NAME, SCHEMA_URL
+from brats_pipeline.bundle.tools import SCHEMA_FILE, SCHEMA_NAME, SCHEMA_URL
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLE_DIRS = [REPO / "bundles" / name for name in bb.BUNDLES]
+BUNDLE_DIRS = sorted(p.parents[1] for p in (REPO / "bundles").glob("*/configs/metadata.json"))
 #: Any download would go through this closed port and fail: a command that passes did not use the network.
 OFFLINE_ENV = {**os.environ, **{k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
                "NO_PROXY": "", "no_proxy": ""}

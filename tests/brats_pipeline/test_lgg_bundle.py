@@ -80,18 +80,26 @@ def test_train_json_is_the_lgg_cpu_recipe() -> None:
     assert (inferer["sw_batch_size"], inferer["overlap"]) == (model["sw_batch_size"], model["overlap"])
     assert inferer["mode"] == model.get("blend_mode", _defaults(BratsSegmentationModule)["blend_mode"])
 
-    module = train["train"]["module"]
-    assert module["loss"] == model["loss"]
-    for ours, theirs in ((module["optimizer"], model["optimizer"]), (module["lr_scheduler"], model["lr_scheduler"])):
+    module, objects = train["train"]["module"], train["train"]
+    assert {k: module[k] for k in ("loss", "optimizer", "lr_scheduler", "inferer")} == {
+        k: f"@train#{k}" for k in ("loss", "optimizer", "lr_scheduler", "inferer")}  # the module receives them
+    assert objects["loss"] == {"_target_": "brats_pipeline.losses.build_loss", "name": model["loss"], "mode": "sigmoid"}
+    for ours, theirs in ((objects["optimizer"], model["optimizer"]), (objects["lr_scheduler"], model["lr_scheduler"])):
         assert ours == {"_target_": theirs["class_path"], "_mode_": "callable", **theirs["init_args"]}
 
-    datamodule = train["train"]["datamodule"]
+    datamodule, dataset = train["train"]["datamodule"], train["train"]["dataset"]
     defaults = _defaults(BratsDataModule)
     for key, value in datamodule.items():
-        if key in ("_target_", "train", "validate", "task", "datalist_path", "patch_size"):
+        if key in ("_target_", "train", "validate", "task", "datalist_path"):
             continue
         assert value == data.get(key, defaults[key]), key
-    assert set(data) - set(datamodule) == {"datalist", "fold"}  # the cases come from the bundle's own ids
+    # the data settings the datasets hold: slices of the recipe's size and empty-slice ratio, read without
+    # reorienting (no Orientationd), cached in memory (SliceDataset holds the volumes; validation a CacheDataset)
+    assert dataset["_target_"].endswith("SliceDataset") and dataset["patch_size"] == "@roi_size"
+    assert dataset["empty_slice_ratio"] == data["empty_slice_ratio"] and data["orientation"] is None
+    assert not any(t["_target_"] == "Orientationd" for t in train["train"]["preprocessing"])
+    assert data["cache"] == "memory" and train["validate"]["dataset"]["_target_"] == "CacheDataset"
+    assert set(data) - set(datamodule) == {"datalist", "fold", "patch_size", "empty_slice_ratio", "cache", "orientation"}
 
     steps = train["train"]["trainer"]
     assert (train["epochs"], train["max_steps"], train["val_interval"]) == (
@@ -133,7 +141,8 @@ def test_network_def_is_one_definition_and_inference_is_2_5d() -> None:
     from brats_pipeline.networks import input_channels_of, spatial_dims_of
 
     train, inference = _configs()
-    assert train["network_def"] == inference["network_def"]
+    assert inference["network_def"] == {"_target_": "brats_pipeline.bundle.train_network",
+                                        "config_file": "$@bundle_root + '/configs/train.json'"}  # train.json's, built
     for key in ("task", "roi_size", "slice_axis", "context"):
         assert train[key] == inference[key], key
     assert inference["network"]["network"] == "@network_def" and train["train"]["module"]["network"] == "@network_def"
@@ -254,7 +263,7 @@ def test_shipped_bundle_predicts_a_real_patient(lgg_dir: Path, tmp_path: Path) -
 
 
 # ------------------------------------------------------------------------------ TorchScript
-@pytest.mark.parametrize("name", list(bb.BUNDLES))
+@pytest.mark.parametrize("name", sorted(p.parents[1].name for p in (REPO / "bundles").glob("*/configs/metadata.json")))
 def test_every_bundle_network_exports_with_ckpt_export(name: str, tmp_path: Path) -> None:
     """The README's ``python -m monai.bundle ckpt_export`` (scripted, no tracing) equals the eager network."""
     from brats_pipeline.networks import input_channels_of

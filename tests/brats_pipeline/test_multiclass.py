@@ -4,8 +4,8 @@ prediction and a softmax bundle, end to end on tiny phantoms (CPU)."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -300,35 +300,89 @@ def test_a_checkpoints_mode_must_fit_its_network(make_tiny_checkpoint, tmp_path:
 
 
 # -------------------------------------------------------------------------------- bundle
-def test_softmax_bundle_runs_monai_bundle_inference(brats_cohort, tmp_path: Path) -> None:
-    from monai.bundle import run, verify_metadata
+def _output_mode_argument(target: object) -> str | None:
+    """The argument by which a ``brats_pipeline`` component (``_target_``) takes the output mode, if any:
+    ``output_mode``, or a ``mode`` that defaults to ``sigmoid`` (``build_loss``)."""
+    import importlib
+    import inspect
+
+    if not isinstance(target, str) or not target.startswith("brats_pipeline."):
+        return None
+    module, _, name = target.rpartition(".")
+    params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    if "output_mode" in params:
+        return "output_mode"
+    return "mode" if "mode" in params and params["mode"].default == "sigmoid" else None
+
+
+def _to_softmax(config: object) -> None:
+    """In place: every component taking the output mode reads ``@output_mode``; region targets become classes."""
+    if isinstance(config, dict):
+        if config.get("_target_") == "brats_pipeline.data.transforms.LabelsToRegionsd":
+            config["_target_"] = "brats_pipeline.data.transforms.LabelsToClassesd"
+        if argument := _output_mode_argument(config.get("_target_")):
+            config[argument] = "@output_mode"
+        config = list(config.values())
+    for item in config if isinstance(config, list) else []:
+        _to_softmax(item)
+
+
+def softmax_bundle(source: Path, dest: Path) -> Path:
+    """What a user does for a softmax (one channel per class) model: copy a brats2021 bundle and edit its JSON.
+
+    A top-level ``output_mode`` id that the module, loss and evaluator read, one output channel per
+    class, the inference post-processing softmax -> argmax -> label values, and ``metadata.json``'s
+    output described as ``labels`` with one channel per class.
+    """
+    task = get_task("brats2021")
+    bundle = dest / "brats_unet3d_softmax"
+    shutil.copytree(source, bundle)
+    for name in ("train.json", "inference.json"):
+        path = bundle / "configs" / name
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["output_mode"] = "softmax"
+        _to_softmax(config)
+        if "out_channels" in config["network_def"]:  # where the network is defined (inference.json may build train.json's)
+            config["network_def"]["out_channels"] = task.n_classes
+        if "postprocessing" in config:  # probabilities inverted to the input's grid, then argmax, then label values
+            steps = config["postprocessing"]["transforms"]
+            invert = next(step for step in steps if step["_target_"] == "Invertd")
+            config["postprocessing"]["transforms"] = [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True}, invert,
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                {"_target_": "brats_pipeline.bundle.ClassesToLabelsd", "keys": "pred", "task": "@task"}]
+        path.write_text(json.dumps(config, indent=4), encoding="utf-8")
+    path = bundle / "configs" / "metadata.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    del pred["regions"]
+    classes = list(zip(task.class_names, task.label_values))
+    pred.update(format="labels", num_channels=task.n_classes,
+                classes={str(i): {"name": name, "label": value} for i, (name, value) in enumerate(classes)})
+    meta["pred_classes"] = ", ".join(f"channel {i}: {name} = label {value}" for i, (name, value) in enumerate(classes))
+    meta["description"] = meta["description"].split("; output:")[0] + (
+        f"; output: {task.n_classes} class channels ({', '.join(task.class_names)}; softmax), whose argmax gives "
+        f"the {task.name} labels {list(task.label_values)}.")
+    path.write_text(json.dumps(meta, indent=4), encoding="utf-8")
+    return bundle
+
+
+def test_softmax_bundle_runs_monai_bundle_inference(brats_cohort, make_tiny_bundle, tmp_path: Path) -> None:
+    from monai.bundle import run
 
     import brats_pipeline.bundle as bb
-    from brats_pipeline.bundle.configs import inference_config, train_config
-    from brats_pipeline.bundle.metadata import metadata
-    from brats_pipeline.bundle.specs import SCHEMA_FILE
     from brats_pipeline.inference import Predictor
     from brats_pipeline.networks import build_network
 
-    shipped = bb.get_bundle_spec("brats_unet3d_segmentation")
-    spec = dataclasses.replace(shipped, name="brats_unet3d_softmax", output_mode="softmax",
-                               network_kwargs=tuple(TINY.items()), roi_size=(32, 32, 32))
-    meta = metadata(spec)["network_data_format"]["outputs"]["pred"]
-    assert meta["format"] == "labels" and meta["num_channels"] == 4
-    assert meta["classes"]["3"] == {"name": "ET", "label": 4}
-    infer = inference_config(spec)
-    assert infer["output_mode"] == "softmax" and infer["network_def"]["out_channels"] == 4
-    steps = infer["postprocessing"]["transforms"]
-    assert steps[0] == {"_target_": "Activationsd", "keys": "pred", "softmax": True}
-    assert steps[2] == {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}
-    assert steps[3]["_target_"] == "brats_pipeline.bundle.ClassesToLabelsd"
-    assert train_config(spec)["train"]["module"]["output_mode"] == "@output_mode"
-    assert "output_mode" not in inference_config(shipped) and "output_mode" not in train_config(shipped)["train"]["module"]
-
-    bundle = bb.write_bundle(spec, tmp_path / "bundles")
-    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(Path(bb.__file__).parents[2] / "bundles" / shipped.name / SCHEMA_FILE))
+    shipped = Path(bb.__file__).resolve().parents[2] / "bundles" / "brats_unet3d_segmentation"
+    assert "output_mode" not in json.loads((shipped / "configs" / "inference.json").read_text())  # sigmoid
+    bundle = softmax_bundle(make_tiny_bundle(tmp_path / "tiny", weights=False), tmp_path / "bundles")
+    module = bb.bundle_parser(bundle, "train.json").get_parsed_content("train#module")
+    assert module.hparams.output_mode == "softmax"
     torch.manual_seed(0)
     torch.save(build_network("unet3d", 4, 4, spatial_dims=3, **TINY).state_dict(), bundle / "models" / "model.pt")
+    checks = bb.verify_bundle(bundle, schema=shipped / bb.SCHEMA_FILE, require_weights=True)  # 4 class channels
+    assert not [c for c in checks if c.status != "PASS"], checks
     assert Predictor.from_bundle(bundle, device="cpu").output_mode == "softmax"
     _, datalist = brats_cohort(tmp_path / "cohort", n=1)
     run(config_file=str(bundle / "configs" / "inference.json"), logging_file=False, bundle_root=str(bundle),
