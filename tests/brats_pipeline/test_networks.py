@@ -449,7 +449,7 @@ def test_every_bundles_network_is_meant_to_be_scriptable():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "bundles"
-    names = {json.loads(p.read_text())["network_def"].get("name") for p in root.glob("*/configs/inference.json")}
+    names = {json.loads(p.read_text())["network_def"].get("name") for p in root.glob("*/configs/train.json")}
     assert names and names <= set(SCRIPTED), names - set(SCRIPTED)
     assert "swin_unetr" not in SCRIPTED  # MONAI's SwinUNETR does not script
 
