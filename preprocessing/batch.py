@@ -23,8 +23,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -32,9 +30,11 @@ import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from preprocessing.batch_runner import Manifest, in_process, in_processes, run_cases
 from preprocessing.case import SIDECAR_SUFFIX, Case, finished_record, output_paths
 from preprocessing.config import PreprocessConfig
 from preprocessing.identity import check_case_ids
@@ -105,18 +105,18 @@ def _init_worker(threads: int, parent_pid: int | None = None) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
 
 
-def _run_case(case: Case, config: PreprocessConfig, out_dir: str) -> CaseStatus:
-    """Process one case, turning any failure into a ``failed`` row (runs in a worker)."""
+def _run_case(case: Case, config: PreprocessConfig, out_dir: str) -> dict[str, Any]:
+    """Process one case into its manifest row, a failure included (runs in a worker)."""
     start = time.perf_counter()
     try:
         result = preprocess_case(case, config, out_dir)
     except (ImageFileError, ValueError, RuntimeError, OSError) as exc:
-        return CaseStatus(case.case_id, "failed", round(time.perf_counter() - start, 3), _describe(exc))
+        return CaseStatus(case.case_id, "failed", round(time.perf_counter() - start, 3), _describe(exc)).__dict__
     except Exception as exc:  # an unexpected bug must not stop the batch either; keep the traceback
         tb = traceback.format_exc(limit=3)
-        return CaseStatus(case.case_id, "failed", round(time.perf_counter() - start, 3), f"{_describe(exc)}\n{tb}")
+        return CaseStatus(case.case_id, "failed", round(time.perf_counter() - start, 3), f"{_describe(exc)}\n{tb}").__dict__
     outputs = {k: str(v) for k, v in result.outputs.items()}
-    return CaseStatus(case.case_id, "ok", round(time.perf_counter() - start, 3), "", outputs)
+    return CaseStatus(case.case_id, "ok", round(time.perf_counter() - start, 3), "", outputs).__dict__
 
 
 def _describe(exc: BaseException) -> str:
@@ -127,36 +127,6 @@ def manifest_paths(out_dir: str | os.PathLike, shard: tuple[int, int] | None = N
     """``OUT/manifest.json`` and ``.csv`` (``manifest.shard-I-of-N.*`` for a shard)."""
     stem = manifest_stem(shard)
     return Path(out_dir) / f"{stem}.json", Path(out_dir) / f"{stem}.csv"
-
-
-def write_manifest(
-    statuses: Sequence[CaseStatus],
-    out_dir: str | os.PathLike,
-    shard: tuple[int, int] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> tuple[Path, Path]:
-    """Write the manifest JSON (summary + rows) and CSV (rows) atomically."""
-    from preprocessing.io import atomic_path
-
-    json_path, csv_path = manifest_paths(out_dir, shard)
-    counts = {s: sum(r.status == s for r in statuses) for s in ("ok", "failed", "skipped")}
-    write_json(
-        {
-            **dict(extra or {}),
-            "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
-            "counts": counts,
-            "cases": [r.__dict__ for r in statuses],
-        },
-        json_path,
-    )
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for row in statuses:
-        writer.writerow({**row.__dict__, "error": row.error.splitlines()[0] if row.error else ""})
-    with atomic_path(csv_path) as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    return json_path, csv_path
 
 
 def run_batch(
@@ -196,7 +166,6 @@ def run_batch(
         ValueError: two cases with one id, or an unsafe id.
         OutputFolderError: ``out_dir`` cannot be written (a ``ValueError``).
     """
-    from tqdm import tqdm
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -211,67 +180,33 @@ def run_batch(
         chosen = [item for _, item in _select_shard(keyed, *shard, key=lambda pair: pair[0])]
         mine = [c for c in chosen if isinstance(c, Case)]
         bad = [b for b in chosen if isinstance(b, CaseStatus)]
-    statuses: list[CaseStatus] = list(bad)
     extra = {"output": str(out_dir.resolve()), "config": config.to_dict(), "workers": workers, "threads": threads}
+    json_path, csv_path = manifest_paths(out_dir, shard)
+    bad_keyed = _bad_input_keys(bad)  # inputs that failed already (come first; one row each, even if ids repeat)
+    order = [key for key, _ in bad_keyed] + [c.case_id for c in cases]
+    manifest = Manifest(json_path, {**extra, "shard": None if shard is None else f"{shard[0]}/{shard[1]}"},
+                        csv_path=csv_path, csv_fields=MANIFEST_FIELDS, order=order)
+    for key, status in bad_keyed:
+        manifest.set(status.__dict__, key=key)
 
-    todo = []
-    for case in mine:
-        if not overwrite and finished_record(out_dir, case, config) is not None:
-            statuses.append(CaseStatus(case.case_id, "skipped", 0.0))  # finished by an earlier run
-        else:
-            todo.append(case)
-    write_manifest(statuses, out_dir, shard, extra)
+    def finished(case_id: str, case: Case) -> dict[str, Any] | None:  # finished by an earlier run
+        return None if finished_record(out_dir, case, config) is None else {"duration_s": 0.0, "error": "", "outputs": {}}
 
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="preprocess", unit="case", disable=not progress)
-
-    def done(status: CaseStatus) -> None:
-        statuses.append(status)
-        if status.status == "failed":
-            log.error("%s failed: %s", status.case_id, status.error.splitlines()[0])
-        write_manifest(statuses, out_dir, shard, extra)
-        bar.update()
-
-    if workers == 1 or len(todo) <= 1:
+    if workers == 1 or len(mine) <= 1:
         _init_worker(threads)
-        for case in todo:
-            done(_run_case(case, config, str(out_dir)))
+        execute = in_process(lambda case: _run_case(case, config, str(out_dir)))
     else:
-        _run_pool(todo, config, out_dir, workers, threads, done)
-    bar.close()
-
-    order = {c.case_id: i for i, c in enumerate(cases)}
-    statuses.sort(key=lambda s: order.get(s.case_id, -1))
-    json_path, csv_path = write_manifest(statuses, out_dir, shard, extra)
+        execute = in_processes(partial(_run_case, config=config, out_dir=str(out_dir)), workers,
+                               initializer=_init_worker, initargs=(threads, os.getpid()))
+    rows = run_cases([(c.case_id, c) for c in mine], execute, manifest, finished=finished, overwrite=overwrite,
+                     progress="preprocess" if progress else None,
+                     on_failure=lambda row: log.error("%s failed: %s", row["case_id"], str(row["error"]).splitlines()[0]))
+    statuses = [CaseStatus(**{k: row[k] for k in ("case_id", "status", "duration_s", "error", "outputs") if k in row})
+                for row in rows]
     datalist = None
     if datalist_header is not None:
         datalist = write_output_datalist(cases, config, out_dir, datalist_header, statuses, skipped_inputs)
     return BatchResult(statuses, json_path, csv_path, datalist)
-
-
-def _run_pool(todo: Sequence[Case], config: PreprocessConfig, out_dir: Path, workers: int, threads: int, done: Any) -> None:
-    """Run cases in a spawn process pool; a dead worker fails its in-flight cases, not the batch."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    pending = list(todo)
-    while pending:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                 initargs=(threads, os.getpid())) as pool:
-            futures = {pool.submit(_run_case, case, config, str(out_dir)): case for case in pending}
-            pending = []
-            broken = False
-            for future in as_completed(futures):
-                case = futures[future]
-                try:
-                    done(future.result())
-                except BrokenProcessPool:
-                    if not broken:  # the first casualty is reported; the others are retried in a new pool
-                        broken = True
-                        done(CaseStatus(case.case_id, "failed", 0.0, "worker process died (out of memory?)"))
-                    else:
-                        pending.append(case)
 
 
 # ------------------------------------------------------------------------------------ datalist

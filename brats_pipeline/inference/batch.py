@@ -1,5 +1,8 @@
 """Batch inference: many cases, reading and writing overlapped with compute, a manifest, resumable.
 
+The cases run through the one batch runner (:func:`preprocessing.batch_runner.run_cases`, with its
+:func:`~preprocessing.batch_runner.pipelined` executor), as ``brats-preprocess``'s and the bundles' do.
+
 Three stages run at once:
 
 * **loader threads** read and preprocess the next cases (gzip decoding and numpy release the GIL);
@@ -33,12 +36,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import time
-import traceback
-from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,39 +135,6 @@ def select_shard(cases: Sequence[Any], index: int, count: int) -> list[Any]:
     return _select_shard(cases, index, count, key=lambda c: shard_key(c) if isinstance(c, Mapping) else case_key(c))
 
 
-class _Manifest:
-    """Rows by case id, written atomically (at most every ``interval`` seconds, and at the end)."""
-
-    def __init__(self, path: Path, settings: dict[str, Any], interval: float = 2.0) -> None:
-        self.path, self.settings, self.interval = path, settings, interval
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.lock = threading.Lock()
-        self._last = 0.0
-
-    def set(self, row: dict[str, Any], flush: bool = False) -> None:
-        with self.lock:
-            self.rows[row["case_id"]] = row
-            if flush or time.monotonic() - self._last > self.interval:
-                self._write()
-
-    def _write(self) -> None:
-        from preprocessing.io import write_json
-
-        rows = list(self.rows.values())
-        counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-        write_json({"settings": self.settings, "counts": counts, "cases": rows}, self.path)
-        self._last = time.monotonic()
-
-    def close(self) -> None:
-        with self.lock:
-            self._write()
-
-
-def _error_text(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, (ValueError, FileNotFoundError, OSError)) else f"{type(exc).__name__}: {text}"
-
-
 def run_batch(
     predictor: Predictor,
     cases: Sequence[Mapping[Hashable, Any]],
@@ -205,17 +171,16 @@ def run_batch(
         ValueError: two cases with one id.
         OutputFolderError: ``out_dir`` cannot be written (a ``ValueError``).
     """
-    from tqdm import tqdm
-
     from brats_pipeline.data.modalities import select_cases
     from brats_pipeline.inference.loading import case_id_of, image_files
+    from preprocessing.batch_runner import Manifest, pipelined, run_cases
 
     out_dir = prepare_output_folder(out_dir, depth=1)  # also removes a killed run's temporary files (probabilities/)
     cases = select_cases(cases, predictor.task)  # a modality subset: only its files are read, hashed and recorded
     model, settings = model_digests(predictor), prediction_settings(predictor)
-    manifest = _Manifest(out_dir / manifest_name, {**predictor.describe(), "model_sha256": model})
+    manifest = Manifest(out_dir / manifest_name, {"settings": {**predictor.describe(), "model_sha256": model}}, interval=2.0)
     order: list[str] = []
-    named: list[tuple[str, Mapping[Hashable, Any], list[str], list[Path]]] = []
+    named: list[tuple[str, Mapping[Hashable, Any]]] = []
     seen: set[str] = set()
     for i, case in enumerate(cases):
         if case.get("problem"):  # found by discovery with a missing/ambiguous file: report, don't read
@@ -226,7 +191,7 @@ def run_batch(
             continue
         try:
             cid = check_case_id(case_id_of(case), f"case {i}")
-            inputs = image_files(case)
+            image_files(case)
         except ValueError as exc:
             cid = str(case.get("case_id", f"#{i}"))
             manifest.set({"case_id": cid, "status": "failed", "error": str(exc), "stage": "input"})
@@ -236,89 +201,54 @@ def run_batch(
             raise ValueError(f"case id {cid!r} appears twice in the input; outputs would overwrite each other")
         seen.add(cid)
         order.append(cid)
-        outputs = [label_path(out_dir, cid)] + ([probability_path(out_dir, cid)] if save_probabilities else [])
-        named.append((cid, case, inputs, outputs))
-    todo: list[tuple[str, Mapping[Hashable, Any]]] = []
-    with ThreadPoolExecutor(max(1, loader_threads), thread_name_prefix="hash") as hashers:  # inputs hashed concurrently
-        keys = [None] * len(named) if overwrite else list(hashers.map(lambda n: _current(n[3], n[2], model, settings), named))
-    for (cid, case, inputs, outputs), key in zip(named, keys):
-        if key is not None:
-            manifest.set({"case_id": cid, "status": "skipped", "reason": "outputs exist, made from these inputs by this model",
-                          "output": str(outputs[0]), "inputs": inputs, "key": key})
-        else:
-            todo.append((cid, case))
+        named.append((cid, case))
+    manifest.order = {cid: i for i, cid in enumerate(order)}
 
-    bar = tqdm(total=len(order), desc=f"inference ({predictor.device.type})", unit="case", disable=not progress,
-               initial=len(order) - len(todo))
-    loaders = ThreadPoolExecutor(max(1, loader_threads), thread_name_prefix="load")
-    writers = ThreadPoolExecutor(max(1, writer_threads), thread_name_prefix="write")
-    ahead = max(1, prefetch if prefetch is not None else loader_threads + 1)
+    def outputs(cid: str) -> list[Path]:
+        return [label_path(out_dir, cid)] + ([probability_path(out_dir, cid)] if save_probabilities else [])
 
-    def load(case: Mapping[Hashable, Any]) -> tuple[Any, str, float]:
+    def finished(cid: str, case: Mapping[Hashable, Any]) -> dict[str, Any] | None:
+        key = _current(outputs(cid), image_files(case), model, settings)
+        return None if key is None else {"reason": "outputs exist, made from these inputs by this model",
+                                         "output": str(outputs(cid)[0]), "inputs": image_files(case), "key": key}
+
+    def read(case: Mapping[Hashable, Any]) -> tuple[Any, list[str], str, float]:
         t0 = time.perf_counter()
         data = predictor.preprocess(case)  # reads (and checks) the files, then their content is keyed
-        return data, resume_key(image_files(case), model, settings), time.perf_counter() - t0
+        inputs = image_files(case)
+        return data, inputs, resume_key(inputs, model, settings), time.perf_counter() - t0
 
-    def finish(row: dict[str, Any]) -> None:
-        bar.update()
-        if row["status"] == "failed":  # said before the manifest is written: writing it may fail too (a full disk)
-            bar.write(f"FAILED {row['case_id']}: {row['error']}")
-        manifest.set(row, flush=row["status"] == "failed")
+    def compute(loaded: tuple[Any, list[str], str, float]) -> tuple[Any, np.ndarray, list[str], str, dict[str, float]]:
+        data, inputs, key, read_s = loaded
+        t0 = time.perf_counter()
+        probs, affine = predictor.compute(data)
+        return probs, affine, inputs, key, {"read": read_s, "compute": time.perf_counter() - t0}
 
-    def write(cid: str, inputs: list[str], key: str, probs: Any, affine: np.ndarray, seconds: dict[str, float]) -> None:
+    def write(cid: str, computed: tuple[Any, np.ndarray, list[str], str, dict[str, float]]) -> dict[str, Any]:
         from preprocessing.io import write_nifti
 
+        probs, affine, inputs, key, seconds = computed
         t0 = time.perf_counter()
-        try:
-            label = predictor.labels_from_probabilities(probs)
-            if save_probabilities:
-                p = probs.cpu().numpy() if hasattr(probs, "cpu") else np.asarray(probs)
-                write_nifti(np.moveaxis(p, 0, -1), affine, probability_path(out_dir, cid), dtype=np.float32, description=key)
-            write_nifti(label, affine, label_path(out_dir, cid), dtype=np.uint8, description=key)
-            seconds["write"] = time.perf_counter() - t0
-            row = {"case_id": cid, "status": "ok", "output": str(label_path(out_dir, cid)), "inputs": inputs, "key": key,
-                   "shape": list(label.shape), "seconds": {k: round(v, 4) for k, v in seconds.items()}}
-            if save_probabilities:
-                row["probabilities"] = str(probability_path(out_dir, cid))
-        except Exception as exc:  # one bad case must not stop the batch
-            row = {"case_id": cid, "status": "failed", "error": _error_text(exc), "stage": "write", "inputs": inputs,
-                   "traceback": traceback.format_exc(limit=3)}
-        finish(row)
+        label = predictor.labels_from_probabilities(probs)
+        if save_probabilities:
+            p = probs.cpu().numpy() if hasattr(probs, "cpu") else np.asarray(probs)
+            write_nifti(np.moveaxis(p, 0, -1), affine, probability_path(out_dir, cid), dtype=np.float32, description=key)
+        write_nifti(label, affine, label_path(out_dir, cid), dtype=np.uint8, description=key)
+        seconds["write"] = time.perf_counter() - t0
+        row = {"output": str(label_path(out_dir, cid)), "inputs": inputs, "key": key, "shape": list(label.shape),
+               "seconds": {k: round(v, 4) for k, v in seconds.items()}}
+        if save_probabilities:
+            row["probabilities"] = str(probability_path(out_dir, cid))
+        return row
 
-    pending_loads: deque[tuple[str, Mapping[Hashable, Any], Future]] = deque()
-    pending_writes: deque[Future] = deque()
-    queue = deque(todo)
-    try:
-        while queue or pending_loads:
-            while queue and len(pending_loads) < ahead:
-                cid, case = queue.popleft()
-                pending_loads.append((cid, case, loaders.submit(load, case)))
-            cid, case, future = pending_loads.popleft()
-            inputs = image_files(case)
-            stage = "read"
-            try:
-                data, key, read_s = future.result()
-                stage = "compute"
-                t0 = time.perf_counter()
-                probs, affine = predictor.compute(data)
-                seconds = {"read": read_s, "compute": time.perf_counter() - t0}
-                del data
-            except Exception as exc:  # recorded, then on to the next case
-                finish({"case_id": cid, "status": "failed", "error": _error_text(exc), "stage": stage, "inputs": inputs,
-                        "traceback": traceback.format_exc(limit=3)})
-                if predictor.device.type == "cuda":
-                    import torch
+    def free_cache() -> None:
+        if predictor.device.type == "cuda":
+            import torch
 
-                    torch.cuda.empty_cache()
-                continue
-            pending_writes.append(writers.submit(write, cid, inputs, key, probs, affine, seconds))
-            while len(pending_writes) > 2 * max(1, writer_threads):
-                pending_writes.popleft().result()
-        for f in pending_writes:
-            f.result()
-    finally:
-        loaders.shutdown(wait=True, cancel_futures=True)
-        writers.shutdown(wait=True)
-        bar.close()
-        manifest.close()
-    return [manifest.rows[c] for c in order]
+            torch.cuda.empty_cache()
+
+    execute = pipelined(read, compute, write, read_threads=loader_threads, write_threads=writer_threads, prefetch=prefetch,
+                        after_failure=free_cache, case_fields=lambda case: {"inputs": image_files(case)})
+    rows = run_cases(named, execute, manifest, finished=finished, overwrite=overwrite, check_threads=max(1, loader_threads),
+                     progress=f"inference ({predictor.device.type})" if progress else None)
+    return [r for r in rows if r["case_id"] in manifest.order]
