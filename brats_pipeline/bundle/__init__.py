@@ -21,7 +21,7 @@ LightningModule and data module receive):
 from brats_pipeline.bundle.cases import case_id_of, image_files, inference_cases
 from brats_pipeline.bundle.inference import as_device, inference_preprocessing, load_network, train_network
 from brats_pipeline.bundle.input_checks import CheckChannelsd, SourceFilesd
-from brats_pipeline.bundle.runner import BundleRunner, CaseOutcome, CaseScorer, LabelWriter, root_cause
+from brats_pipeline.bundle.runner import BundleRunner, CaseScorer, LabelWriter, root_cause
 from brats_pipeline.bundle.tools import (
     CONFIG_FILES,
     MODEL_FILE,
@@ -50,7 +50,7 @@ from brats_pipeline.inference.postprocess import ClassesToLabelsd, RegionsToLabe
 from brats_pipeline.weights import network_state_dict, save_state_dict
 
 __all__ = [
-    "CONFIG_FILES", "MODEL_FILE", "SCHEMA_FILE", "SCHEMA_URL", "BundleRunner", "CaseOutcome", "ClassesToLabelsd",
+    "CONFIG_FILES", "MODEL_FILE", "SCHEMA_FILE", "SCHEMA_URL", "BundleRunner", "ClassesToLabelsd",
     "CaseScorer", "Check", "CheckChannelsd", "LabelWriter", "RegionsToLabelsd",
     "SaveBestNetwork", "SlurmRequeue", "SourceFilesd", "TrainingCurves", "accelerator_of", "as_device", "bundle_parser",
     "case_id_of", "case_modality_files", "config_property_problems", "ddp_devices",

@@ -2,11 +2,13 @@
 
 :class:`BundleRunner` runs the bundle's preprocessing, then the network through the bundle's
 inferer with :class:`~brats_pipeline.inference.Predictor` (the one inference engine, the very one
-``brats-infer --bundle`` uses), then the bundle's postprocessing, case by case;
-:class:`LabelWriter` writes each label NIfTI in its input's own geometry (atomically), and
-:class:`CaseScorer` (``evaluate.json``) scores it against the truth. Cases already done are
-skipped, a bad case is recorded (:class:`CaseOutcome`, its error's :func:`root_cause`) and the
-run goes on, and ``manifest.json`` lists every case's outcome.
+``brats-infer --bundle`` uses), then the bundle's postprocessing, through the one batch runner
+(:func:`preprocessing.batch_runner.run_cases`: reading, compute and writing overlapped, a bad case
+recorded and the run going on, ``manifest.json`` as ``brats-infer``'s). :class:`LabelWriter` writes
+each label NIfTI in its input's own geometry (atomically) with its resume key in the header: a
+re-run skips a case only if its label was made from the same input contents by the same weights
+and settings. :class:`CaseScorer` (``evaluate.json``) scores the labels with
+:func:`brats_pipeline.evaluation.evaluate_case` (the BraTS metrics of ``brats-evaluate``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +43,20 @@ class LabelWriter:
     def path_for(self, case: Mapping[str, Any]) -> Path:
         return self.output_dir / f"{check_case_id(case_id_of(case))}{f'_{self.postfix}' if self.postfix else ''}.nii.gz"
 
-    def __call__(self, case: Mapping[str, Any], label: np.ndarray) -> Path:
+    def __call__(self, case: Mapping[str, Any], label: np.ndarray, description: str | None = None) -> Path:
+        """Write ``label``; ``description`` (the resume key) goes into the NIfTI header."""
         from preprocessing.io import read_geometry, write_nifti
 
         geometry = read_geometry(image_files(case)[0], ndim=(3, 4))
         if tuple(label.shape) != geometry.spatial_shape:
             raise ValueError(f"case {case_id_of(case)}: label shape {tuple(label.shape)} differs from the input's "
                              f"{geometry.spatial_shape} ({geometry.path})")
-        return write_nifti(np.asarray(label, dtype=np.uint8), geometry.affine, self.path_for(case))
+        return write_nifti(np.asarray(label, dtype=np.uint8), geometry.affine, self.path_for(case), description=description)
 
 
 class CaseScorer:
-    """Score label maps against each case's ``label`` file (BraTS metrics per region), then summarise.
+    """Score written label maps against each case's ``label`` file (:func:`brats_pipeline.evaluation.evaluate_case`:
+    BraTS metrics per region, the BraTS HD95), then summarise.
 
     Writes ``metrics.csv`` (one row per case and region) and ``metrics_summary.json``
     (:func:`brats_pipeline.metrics.aggregate`) to ``output_dir`` in :meth:`finish`.
@@ -62,41 +65,28 @@ class CaseScorer:
     def __init__(self, task: str | Task, output_dir: str | os.PathLike) -> None:
         self.task = get_task(task)
         self.output_dir = Path(output_dir)
-        self.results: list[tuple[str, dict[str, dict[str, float]]]] = []
+        self.results: dict[str, dict[str, dict[str, float]]] = {}
 
-    def __call__(self, case: Mapping[str, Any], label: np.ndarray) -> dict[str, dict[str, float]]:
-        from brats_pipeline.metrics import case_metrics_from_labels
-        from preprocessing.io import read_array
+    def __call__(self, case: Mapping[str, Any], prediction: str | os.PathLike) -> dict[str, dict[str, float]]:
+        from brats_pipeline.evaluation import evaluate_case
 
         if not case.get("label"):
             raise ValueError(f"case {case_id_of(case)}: no 'label' to score against")
-        truth, geometry = read_array(case["label"], dtype=np.int32)
-        if truth.shape != tuple(label.shape):
-            raise ValueError(f"{case['label']}: shape {truth.shape} differs from the prediction's {tuple(label.shape)}")
-        self.task.check_labels(truth, source=str(case["label"]))
-        metrics = case_metrics_from_labels(label, truth, self.task, spacing=geometry.spacing)
-        self.results.append((case_id_of(case), metrics))
+        metrics = evaluate_case(prediction, case["label"], self.task)
+        self.results[case_id_of(case)] = metrics
         return metrics
 
     def finish(self) -> dict[str, Any]:
         """Write ``metrics.csv`` and ``metrics_summary.json``; return the summary (empty if nothing was scored)."""
-        import csv
-        import io
-
-        from brats_pipeline.metrics import METRIC_NAMES, aggregate
+        from brats_pipeline.evaluation import metrics_csv
+        from brats_pipeline.metrics import aggregate
         from preprocessing.io import atomic_path, write_json
 
         if not self.results:
             return {}
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["case_id", "region", *METRIC_NAMES])
-        for case_id, metrics in self.results:
-            for region, values in metrics.items():
-                writer.writerow([case_id, region, *(f"{values[m]:.6g}" for m in METRIC_NAMES)])
         with atomic_path(self.output_dir / "metrics.csv") as tmp:
-            tmp.write_text(buf.getvalue(), encoding="utf-8")
-        summary = {"task": self.task.name, "cases": len(self.results), "regions": aggregate(m for _, m in self.results)}
+            tmp.write_text(metrics_csv(self.results), encoding="utf-8")
+        summary = {"task": self.task.name, "cases": len(self.results), "regions": aggregate(self.results.values())}
         write_json(summary, self.output_dir / "metrics_summary.json")
         for region, stats in summary["regions"].items():
             logger.info("%s: Dice %.4f (mean over %d cases), HD95 %.2f mm", region, stats["dice"]["mean"],
@@ -115,16 +105,6 @@ def root_cause(exc: BaseException) -> BaseException:
     while exc.__cause__ is not None and not isinstance(exc, ImageFileError):
         exc = exc.__cause__
     return exc
-
-
-@dataclass
-class CaseOutcome:
-    """What happened to one case in a :class:`BundleRunner` run (``status``: ok, skipped, failed)."""
-
-    case_id: str
-    status: str
-    output: str = ""
-    error: str = ""
 
 
 class BundleRunner:
@@ -190,34 +170,100 @@ class BundleRunner:
         return label[0] if label.ndim == 4 else label
 
     def run(self) -> dict[str, Any]:
-        """Process every case; return ``{"cases", "ok", "skipped", "failed", "summary"}``."""
-        from preprocessing.io import read_array, write_json
+        """Process every case; return ``{"cases", "ok", "skipped", "failed", "summary"}``.
 
-        outcomes: list[CaseOutcome] = []
+        Raises:
+            RuntimeError: at the end, if any case failed (naming each), so ``monai.bundle run`` exits non-zero.
+        """
+        from brats_pipeline.inference.batch import current_key, model_digests, prediction_settings, resume_key
+        from preprocessing.batch_runner import Manifest, failed_row, pipelined, run_cases
+        from preprocessing.outputs import prepare_output_folder
+
+        out_dir = prepare_output_folder(self.writer.output_dir, depth=0)  # removes a killed run's temporary files
         cases = list(self.dataset.data)
+        model, settings = model_digests(self.predictor), {**prediction_settings(self.predictor), **self.settings()}
+        manifest = Manifest(out_dir / "manifest.json", {"settings": {**self.predictor.describe(), **self.settings(),
+                                                                     "model_sha256": model}}, interval=2.0)
+        todo, order, seen = [], [], set()
         for i, case in enumerate(cases):
-            case_id = case_id_of(case)
             try:
-                if case.get("problem"):  # found unusable by inference_cases (a missing modality ...)
+                if case.get("problem"):  # found unusable by inference_cases (a missing modality, an unsafe folder name ...)
                     raise ValueError(case["problem"])
-                if (out := self.writer.path_for(case)).exists() and not self.overwrite:  # an unsafe id fails here
-                    label, status = read_array(out, dtype=np.uint8)[0], "skipped"
-                else:
-                    label, status = self.predict(self.dataset[i]), "ok"
-                    self.writer(case, label)
-                if self.scorer is not None:
-                    self.scorer(case, label)
-                outcomes.append(CaseOutcome(case_id, status, str(out)))
-                logger.info("[%d/%d] %s: %s", i + 1, len(cases), case_id, "done" if status == "ok" else "output exists")
-            except Exception as exc:  # one bad case must not stop the batch; recorded and re-raised at the end
-                cause = root_cause(exc)
-                outcomes.append(CaseOutcome(case_id, "failed", error=f"{type(cause).__name__}: {cause}"))
-                logger.error("[%d/%d] %s failed: %s", i + 1, len(cases), case_id, cause)
+                cid = check_case_id(case_id_of(case), f"case {i}")
+                image_files(case)
+            except ValueError as exc:
+                cid = str(case.get("case_id", f"#{i}"))
+                manifest.set(failed_row(cid, exc, "input"))
+                order.append(cid)
+                continue
+            if cid in seen:
+                raise ValueError(f"case id {cid!r} appears twice in the input; outputs would overwrite each other")
+            seen.add(cid)
+            order.append(cid)
+            todo.append((cid, i))
+        manifest.order = {cid: n for n, cid in enumerate(order)}
+
+        def finished(cid: str, i: int) -> dict[str, Any] | None:
+            out = self.writer.path_for(cases[i])
+            key = current_key([out], image_files(cases[i]), model, settings)
+            return None if key is None else {"reason": "output exists, made from these inputs by this model",
+                                             "output": str(out), "key": key}
+
+        def read(i: int) -> tuple[int, Any, str]:
+            try:
+                data = self.dataset[i]  # the bundle's preprocessing (errors name the file), then the contents are keyed
+                return i, data, resume_key(image_files(cases[i]), model, settings)
+            except Exception as exc:
+                raise root_cause(exc) from exc
+
+        def compute(loaded: tuple[int, Any, str]) -> tuple[int, np.ndarray, str]:
+            i, data, key = loaded
+            try:
+                return i, self.predict(data), key
+            except Exception as exc:
+                raise root_cause(exc) from exc
+
+        def write(cid: str, computed: tuple[int, np.ndarray, str]) -> dict[str, Any]:
+            i, label, key = computed
+            return {"output": str(self.writer(cases[i], label, description=key)), "key": key}
+
+        execute = pipelined(read, compute, write, read_threads=1, write_threads=1)
+        rows = run_cases(todo, execute, manifest, finished=finished, overwrite=self.overwrite, progress="bundle inference",
+                         on_failure=lambda row: logger.error("%s failed: %s", row["case_id"], row["error"]))
+        if self.scorer is not None:
+            index = dict(todo)
+            for row in rows:
+                if row["status"] in ("ok", "skipped"):
+                    try:
+                        self.scorer(cases[index[row["case_id"]]], row["output"])
+                    except Exception as exc:  # a case whose truth cannot be scored fails, by name
+                        manifest.set(failed_row(row["case_id"], root_cause(exc), "score", output=row["output"]), flush=True)
+            rows = manifest.rows()
         summary = self.scorer.finish() if self.scorer is not None else {}
-        counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
-        write_json({"cases": [o.__dict__ for o in outcomes], **counts}, self.writer.output_dir / "manifest.json")
+        counts = manifest.counts()
         if counts["failed"]:
-            bad = "; ".join(f"{o.case_id}: {o.error}" for o in outcomes if o.status == "failed")
-            raise RuntimeError(f"{counts['failed']} of {len(cases)} cases failed ({bad}); "
-                               f"see {self.writer.output_dir / 'manifest.json'}")
+            bad = "; ".join(f"{r['case_id']}: {r['error']}" for r in rows if r["status"] == "failed")
+            raise RuntimeError(f"{counts['failed']} of {len(cases)} cases failed ({bad}); see {manifest.path}")
         return {"cases": len(cases), **counts, "summary": summary}
+
+    def settings(self) -> dict[str, Any]:
+        """What of the bundle, besides the network and the predictor's settings, changes a label: its pre- and
+        postprocessing steps with their plain settings (in the resume key and the manifest)."""
+        return {"preprocessing": _steps(getattr(self.dataset, "transform", None)), "postprocessing": _steps(self.postprocessing)}
+
+
+def _steps(transform: Any) -> list[Any]:
+    """A transform's steps as ``[class name, {plain attribute: value}]`` (nested ``Compose`` and wrappers flattened)."""
+    if transform is None:
+        return []
+    inner = getattr(transform, "transforms", None)
+    if isinstance(inner, (list, tuple)):
+        return [step for t in inner for step in _steps(t)]
+    plain = (str, int, float, bool, type(None))
+
+    def simple(value: Any) -> bool:
+        return isinstance(value, plain) or (isinstance(value, (list, tuple)) and all(isinstance(v, plain) for v in value))
+
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(vars(transform).items())
+              if not k.startswith("_") and simple(v)}
+    return [[type(transform).__name__, fields]]

@@ -70,14 +70,16 @@ def probability_path(out_dir: str | os.PathLike, case_id: str) -> Path:
 def model_digests(predictor: Predictor) -> list[str]:
     """SHA-256 of each model the predictor was loaded from (``predictor.sources``).
 
-    A checkpoint or state-dict file: its content; a bundle folder: its ``models/model.pt`` and
-    ``configs/inference.json`` (the weights and the network they fill). A predictor built from
+    A checkpoint or state-dict file: its content; a bundle folder: its ``models/model.pt``,
+    ``configs/inference.json`` and ``configs/train.json`` (the weights, the inference settings and
+    the network they fill, which ``train.json`` defines). A predictor built from
     networks in memory (no sources): their classes and weights.
     """
     digests = []
     for source in map(Path, predictor.sources):
         if source.is_dir():
-            files = [f for f in (source / "models" / "model.pt", source / "configs" / "inference.json") if f.is_file()]
+            files = [f for f in (source / "models" / "model.pt", source / "configs" / "inference.json",
+                                 source / "configs" / "train.json") if f.is_file()]
             digests.append(hashlib.sha256("".join(content_digest(f) for f in files).encode()).hexdigest())
         else:
             digests.append(content_digest(source))
@@ -103,7 +105,7 @@ def resume_key(inputs: Sequence[str], model: Sequence[str], settings: Mapping[st
     return KEY_PREFIX + hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _current(outputs: Sequence[Path], inputs: Sequence[str], model: Sequence[str], settings: Mapping[str, Any]) -> str | None:
+def current_key(outputs: Sequence[Path], inputs: Sequence[str], model: Sequence[str], settings: Mapping[str, Any]) -> str | None:
     """The key, if every output exists and carries it (the case is done); else ``None``."""
     from preprocessing.io import read_description
 
@@ -208,7 +210,7 @@ def run_batch(
         return [label_path(out_dir, cid)] + ([probability_path(out_dir, cid)] if save_probabilities else [])
 
     def finished(cid: str, case: Mapping[Hashable, Any]) -> dict[str, Any] | None:
-        key = _current(outputs(cid), image_files(case), model, settings)
+        key = current_key(outputs(cid), image_files(case), model, settings)
         return None if key is None else {"reason": "outputs exist, made from these inputs by this model",
                                          "output": str(outputs(cid)[0]), "inputs": image_files(case), "key": key}
 

@@ -111,7 +111,7 @@ def test_bundle_trains_predicts_and_evaluates(name: str, cohorts: dict[str, Path
 
     run_bundle(bundle, ["inference.json"], dataset_dir=str(data), output_dir=str(tmp_path / "pred"), device="cpu")
     manifest = json.loads((tmp_path / "pred" / "manifest.json").read_text())
-    assert manifest["ok"] == 4 and manifest["failed"] == 0
+    assert manifest["counts"]["ok"] == 4 and manifest["counts"]["failed"] == 0
     for case in bb.inference_cases(data, task=task):
         written = nib.load(tmp_path / "pred" / f"{case['case_id']}_seg.nii.gz")
         source = nib.load(case["image"][0])
@@ -221,7 +221,8 @@ def test_monai_label_trainer_overrides(cohorts: dict[str, Path], tmp_path: Path)
 def test_inference_restores_input_orientation_and_goes_on_past_a_bad_case(
     cohorts: dict[str, Path], tmp_path: Path
 ) -> None:
-    """A left-right flipped (LAS) copy of a case gives the flipped label map; a corrupt file fails alone."""
+    """A left-right flipped (LAS) copy of a case gives the flipped label map; a corrupt file fails alone; a re-run
+    skips only the cases whose labels were made from the same input contents by the same weights."""
     bundle = tiny_bundle("brats_unet3d_segmentation", tmp_path)
     bb.save_state_dict(bb.bundle_parser(bundle).get_parsed_content("network_def").state_dict(),
                        bundle / "models" / "model.pt")
@@ -234,7 +235,7 @@ def test_inference_restores_input_orientation_and_goes_on_past_a_bad_case(
     out = tmp_path / "pred"
     with pytest.raises(RuntimeError) as failed:  # monai.bundle wraps the runner's error
         run_bundle(bundle, ["inference.json"], dataset_dir=str(folder), output_dir=str(out), device="cpu")
-    assert (f"1 of 3 cases failed (broken: ImageFileError: {folder / 'broken.nii.gz'}: truncated or corrupt image data "
+    assert (f"1 of 3 cases failed (broken: {folder / 'broken.nii.gz'}: truncated or corrupt image data "
             "(EOFError: Compressed file ended") in str(bb.root_cause(failed.value))
     las = np.asarray(nib.load(out / "las_seg.nii.gz").dataobj)
     assert np.array_equal(las[::-1], np.asarray(nib.load(out / "ras_seg.nii.gz").dataobj))
@@ -244,7 +245,19 @@ def test_inference_restores_input_orientation_and_goes_on_past_a_bad_case(
 
     (folder / "broken.nii.gz").unlink()
     run_bundle(bundle, ["inference.json"], dataset_dir=str(folder), output_dir=str(out), device="cpu")
-    assert json.loads((out / "manifest.json").read_text())["skipped"] == 2  # done cases are not redone
+    assert json.loads((out / "manifest.json").read_text())["counts"]["skipped"] == 2  # done cases are not redone
+
+    # other weights (or a replaced input): the outputs are stale, so those cases are redone (was: skipped, exit 0)
+    weights = bundle / "models" / "model.pt"
+    state = torch.load(weights, weights_only=True)
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, weights)
+    run_bundle(bundle, ["inference.json"], dataset_dir=str(folder), output_dir=str(out), device="cpu")
+    rows = json.loads((out / "manifest.json").read_text())
+    assert rows["counts"] == {"ok": 2, "failed": 0, "skipped": 0}
+    shutil.copy(folder / "ras.nii.gz", folder / "las.nii.gz")  # las replaced by another image
+    run_bundle(bundle, ["inference.json"], dataset_dir=str(folder), output_dir=str(out), device="cpu")
+    assert {c["case_id"]: c["status"] for c in json.loads((out / "manifest.json").read_text())["cases"]} == {
+        "las": "ok", "ras": "skipped"}
 
 
 @pytest.mark.slow

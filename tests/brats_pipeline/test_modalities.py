@@ -339,7 +339,7 @@ def test_a_bundle_for_a_subset_loads_and_describes_three_channels(trained: dict,
     run(config_file=str(bundle / "configs" / "inference.json"), logging_file=False, bundle_root=str(bundle),
         dataset_dir=str(trained["data"]), output_dir=str(tmp_path / "pred"), device="cpu")
     manifest = json.loads((tmp_path / "pred" / "manifest.json").read_text())
-    assert manifest["ok"] == 3 and manifest["failed"] == 0
+    assert manifest["counts"]["ok"] == 3 and manifest["counts"]["failed"] == 0
     entry = trained["entries"][0]
     written = nib.load(tmp_path / "pred" / f"{entry['case_id']}_seg.nii.gz")
     assert written.shape == nib.load(entry["image"][0]).shape
