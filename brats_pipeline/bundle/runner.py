@@ -175,7 +175,13 @@ class BundleRunner:
         Raises:
             RuntimeError: at the end, if any case failed (naming each), so ``monai.bundle run`` exits non-zero.
         """
-        from brats_pipeline.inference.batch import current_key, model_digests, prediction_settings, resume_key
+        from brats_pipeline.inference.batch import (
+            admit_cases,
+            current_key,
+            model_digests,
+            prediction_settings,
+            resume_key,
+        )
         from preprocessing.batch_runner import Manifest, failed_row, pipelined, run_cases
         from preprocessing.outputs import prepare_output_folder
 
@@ -184,24 +190,7 @@ class BundleRunner:
         model, settings = model_digests(self.predictor), {**prediction_settings(self.predictor), **self.settings()}
         manifest = Manifest(out_dir / "manifest.json", {"settings": {**self.predictor.describe(), **self.settings(),
                                                                      "model_sha256": model}}, interval=2.0)
-        todo, order, seen = [], [], set()
-        for i, case in enumerate(cases):
-            try:
-                if case.get("problem"):  # found unusable by inference_cases (a missing modality, an unsafe folder name ...)
-                    raise ValueError(case["problem"])
-                cid = check_case_id(case_id_of(case), f"case {i}")
-                image_files(case)
-            except ValueError as exc:
-                cid = str(case.get("case_id", f"#{i}"))
-                manifest.set(failed_row(cid, exc, "input"))
-                order.append(cid)
-                continue
-            if cid in seen:
-                raise ValueError(f"case id {cid!r} appears twice in the input; outputs would overwrite each other")
-            seen.add(cid)
-            order.append(cid)
-            todo.append((cid, i))
-        manifest.order = {cid: n for n, cid in enumerate(order)}
+        todo = admit_cases(cases, manifest)
 
         def finished(cid: str, i: int) -> dict[str, Any] | None:
             out = self.writer.path_for(cases[i])

@@ -137,6 +137,45 @@ def select_shard(cases: Sequence[Any], index: int, count: int) -> list[Any]:
     return _select_shard(cases, index, count, key=lambda c: shard_key(c) if isinstance(c, Mapping) else case_key(c))
 
 
+def admit_cases(cases: Sequence[Mapping[Hashable, Any]], manifest: Any) -> list[tuple[str, int]]:
+    """``(case_id, index)`` of the cases that can run; the others get their ``failed`` row in ``manifest`` now.
+
+    A case with a ``problem`` (discovery found a file missing or ambiguous) or no usable id or
+    ``image`` fails by name without being read; the manifest keeps the input's order.
+
+    Raises:
+        ValueError: two cases with one id (their outputs would overwrite each other).
+    """
+    from brats_pipeline.inference.loading import case_id_of, image_files
+    from preprocessing.batch_runner import failed_row
+
+    order: list[str] = []
+    runnable: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for i, case in enumerate(cases):
+        if case.get("problem"):  # found by discovery with a missing/ambiguous file: report, don't read
+            cid = str(case.get("case_id", f"#{i}"))
+            where = f"{case.get('problem_file')}: " if case.get("problem_file") else ""
+            manifest.set(failed_row(cid, ValueError(f"{where}{case['problem']}"), "discover"))
+            order.append(cid)
+            continue
+        try:
+            cid = check_case_id(case_id_of(case), f"case {i}")
+            image_files(case)
+        except ValueError as exc:
+            cid = str(case.get("case_id", f"#{i}"))
+            manifest.set(failed_row(cid, exc, "input"))
+            order.append(cid)
+            continue
+        if cid in seen:
+            raise ValueError(f"case id {cid!r} appears twice in the input; outputs would overwrite each other")
+        seen.add(cid)
+        order.append(cid)
+        runnable.append((cid, i))
+    manifest.order = {cid: n for n, cid in enumerate(order)}
+    return runnable
+
+
 def run_batch(
     predictor: Predictor,
     cases: Sequence[Mapping[Hashable, Any]],
@@ -174,37 +213,14 @@ def run_batch(
         OutputFolderError: ``out_dir`` cannot be written (a ``ValueError``).
     """
     from brats_pipeline.data.modalities import select_cases
-    from brats_pipeline.inference.loading import case_id_of, image_files
+    from brats_pipeline.inference.loading import image_files
     from preprocessing.batch_runner import Manifest, pipelined, run_cases
 
     out_dir = prepare_output_folder(out_dir, depth=1)  # also removes a killed run's temporary files (probabilities/)
     cases = select_cases(cases, predictor.task)  # a modality subset: only its files are read, hashed and recorded
     model, settings = model_digests(predictor), prediction_settings(predictor)
     manifest = Manifest(out_dir / manifest_name, {"settings": {**predictor.describe(), "model_sha256": model}}, interval=2.0)
-    order: list[str] = []
-    named: list[tuple[str, Mapping[Hashable, Any]]] = []
-    seen: set[str] = set()
-    for i, case in enumerate(cases):
-        if case.get("problem"):  # found by discovery with a missing/ambiguous file: report, don't read
-            cid = str(case.get("case_id", f"#{i}"))
-            where = f"{case.get('problem_file')}: " if case.get("problem_file") else ""
-            manifest.set({"case_id": cid, "status": "failed", "error": f"{where}{case['problem']}", "stage": "discover"})
-            order.append(cid)
-            continue
-        try:
-            cid = check_case_id(case_id_of(case), f"case {i}")
-            image_files(case)
-        except ValueError as exc:
-            cid = str(case.get("case_id", f"#{i}"))
-            manifest.set({"case_id": cid, "status": "failed", "error": str(exc), "stage": "input"})
-            order.append(cid)
-            continue
-        if cid in seen:
-            raise ValueError(f"case id {cid!r} appears twice in the input; outputs would overwrite each other")
-        seen.add(cid)
-        order.append(cid)
-        named.append((cid, case))
-    manifest.order = {cid: i for i, cid in enumerate(order)}
+    named = [(cid, cases[i]) for cid, i in admit_cases(cases, manifest)]
 
     def outputs(cid: str) -> list[Path]:
         return [label_path(out_dir, cid)] + ([probability_path(out_dir, cid)] if save_probabilities else [])
