@@ -200,20 +200,27 @@ def test_documented_command_line_trains_with_overrides(cohorts: dict[str, Path],
     assert (bundle / "models" / "model.pt").is_file()
 
 
-def test_monai_label_trainer_overrides(cohorts: dict[str, Path], tmp_path: Path) -> None:
-    """What MONAI Label's BundleTrainTask sets: bundle_root, max_epochs, train/validate data, a torch.device, handlers."""
-    bundle = tiny_bundle("brats_unet3d_segmentation", tmp_path)
+@pytest.mark.parametrize("name", ["brats_unet3d_segmentation", "lgg_flair_segmentation"])
+def test_monai_label_trainer_overrides(name: str, cohorts: dict[str, Path], tmp_path: Path) -> None:
+    """What MONAI Label's BundleTrainTask sets: bundle_root, max_epochs, train/validate data (the LGG bundle: none to
+    validate on, ``val_split`` 0, so its 2.5D SliceDataset takes the list and validation reuses the training cases),
+    a torch.device, handlers."""
+    bundle = tiny_bundle(name, tmp_path)
+    task = bundle_task(bundle)
     studies = tmp_path / "studies"
     entries = []
-    for case in bb.inference_cases(cohorts["brats2021"], task="brats2021", labelled=True):
-        stacked = bb.stack_modalities(case["image"], studies / f"{case['case_id']}.nii.gz", task="brats2021")
+    for case in bb.inference_cases(cohorts[task], task=task, labelled=True):
+        stacked = bb.stack_modalities(case["image"], studies / f"{case['case_id']}.nii.gz", task=task)
         entries.append({"image": str(stacked), "label": case["label"]})
     handlers = [{"_target_": "CheckpointLoader", "load_path": "x", "load_dict": {"model": "$@network"}, "strict": False}]
+    train, validate = (entries[:3], entries[3:]) if task == "brats2021" else (entries[:2], [])
     overrides = {**FAST, "device": torch.device("cpu"), "train#trainer#max_epochs": 1, "train#handlers": handlers,
-                 "train#dataset#data": entries[:3], "validate#dataset#data": entries[3:]}
+                 "train#dataset#data": train, "validate#dataset#data": validate}
+    if task == "lgg":
+        overrides.update({"max_steps": -1, "train#trainer#max_steps": -1})
     run_bundle(bundle, ["train.json"], **overrides)
     split = json.loads((bundle / "runs" / "datalist_split.json").read_text())
-    assert [e["fold"] for e in split["training"]] == [0, 0, 0, 1]
+    assert [e["fold"] for e in split["training"]] == ([0, 0, 0, 1] if task == "brats2021" else [0, 0, 1, 1])
     assert split["training"][0]["image"] == entries[0]["image"]  # the 4D stacked file, as MONAI Label sends it
     bb.load_network(bb.bundle_parser(bundle).get_parsed_content("network_def"), bundle / "models" / "model.pt")
 
