@@ -192,12 +192,14 @@ def run_batch(
     def finished(case_id: str, case: Case) -> dict[str, Any] | None:  # finished by an earlier run
         return None if finished_record(out_dir, case, config) is None else {"duration_s": 0.0, "error": "", "outputs": {}}
 
-    if workers == 1 or len(mine) <= 1:
-        _init_worker(threads)
-        execute = in_process(lambda case: _run_case(case, config, str(out_dir)))
-    else:
-        execute = in_processes(partial(_run_case, config=config, out_dir=str(out_dir)), workers,
-                               initializer=_init_worker, initargs=(threads, os.getpid()))
+    def execute(todo: list[tuple[str, Case]], done: Any) -> None:  # a pool only for more than one case left to do
+        if workers == 1 or len(todo) <= 1:
+            _init_worker(threads)
+            in_process(lambda case: _run_case(case, config, str(out_dir)))(todo, done)
+        else:
+            in_processes(partial(_run_case, config=config, out_dir=str(out_dir)), workers,
+                         initializer=_init_worker, initargs=(threads, os.getpid()))(todo, done)
+
     rows = run_cases([(c.case_id, c) for c in mine], execute, manifest, finished=finished, overwrite=overwrite,
                      progress="preprocess" if progress else None,
                      on_failure=lambda row: log.error("%s failed: %s", row["case_id"], str(row["error"]).splitlines()[0]))

@@ -44,7 +44,7 @@ EXPECTED = (ValueError, OSError, RuntimeError)
 def error_text(exc: BaseException) -> str:
     """The message of ``exc``, prefixed with its type unless it is an expected input error."""
     text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, (ValueError, FileNotFoundError, OSError)) else f"{type(exc).__name__}: {text}"
+    return text if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {text}"
 
 
 def failed_row(case_id: str, exc: BaseException, stage: str | None = None, **fields: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +117,11 @@ class BundleRunner:
     ``Invertd`` back to the input grid, threshold, regions or classes -> labels), ``writer`` and
     ``scorer``. The three ids MONAI Label runs itself (``preprocessing``, ``inferer``,
     ``postprocessing``) are the bundle's, so ``monai.bundle run``, MONAI Label and ``brats-infer
-    --bundle`` write the same labels. A case whose output exists is not predicted again (its saved
-    label is scored) unless ``overwrite``. A failing case is recorded and the run goes on;
-    ``manifest.json`` beside the outputs lists every case's outcome, and :meth:`run` raises at
-    the end if any case failed (so ``monai.bundle run`` exits non-zero).
+    --bundle`` write the same labels. A case whose label carries the resume key of this run (the
+    same input contents, weights and steps) is not predicted again (its saved label is scored)
+    unless ``overwrite``. A failing case is recorded and the run goes on; ``manifest.json`` beside
+    the outputs lists every case's outcome, and :meth:`run` raises at the end if any case failed
+    (so ``monai.bundle run`` exits non-zero).
 
     Args:
         dataset: a MONAI ``Dataset`` (``data`` = cases, ``transform`` = preprocessing).
@@ -132,7 +133,7 @@ class BundleRunner:
         scorer: :class:`CaseScorer` or ``None``.
         device: where the network runs.
         amp: bf16 autocast on CUDA.
-        overwrite: predict cases whose output already exists.
+        overwrite: predict every case, even one whose label is current.
         task: the bundle's task (channel checks); ``modalities``, ``output_mode``: the bundle's, if it has them.
     """
 
@@ -187,9 +188,10 @@ class BundleRunner:
 
         out_dir = prepare_output_folder(self.writer.output_dir, depth=0)  # removes a killed run's temporary files
         cases = list(self.dataset.data)
-        model, settings = model_digests(self.predictor), {**prediction_settings(self.predictor), **self.settings()}
-        manifest = Manifest(out_dir / "manifest.json", {"settings": {**self.predictor.describe(), **self.settings(),
-                                                                     "model_sha256": model}}, interval=2.0)
+        model, steps = model_digests(self.predictor), self.settings()
+        settings = {**prediction_settings(self.predictor), **steps}
+        manifest = Manifest(out_dir / "manifest.json", {"settings": {**self.predictor.describe(), **steps, "model_sha256": model}},
+                            interval=2.0)
         todo = admit_cases(cases, manifest)
 
         def finished(cid: str, i: int) -> dict[str, Any] | None:
@@ -198,19 +200,15 @@ class BundleRunner:
             return None if key is None else {"reason": "output exists, made from these inputs by this model",
                                              "output": str(out), "key": key}
 
+        @_reporting_root_cause
         def read(i: int) -> tuple[int, Any, str]:
-            try:
-                data = self.dataset[i]  # the bundle's preprocessing (errors name the file), then the contents are keyed
-                return i, data, resume_key(image_files(cases[i]), model, settings)
-            except Exception as exc:
-                raise root_cause(exc) from exc
+            data = self.dataset[i]  # the bundle's preprocessing (errors name the file), then the contents are keyed
+            return i, data, resume_key(image_files(cases[i]), model, settings)
 
+        @_reporting_root_cause
         def compute(loaded: tuple[int, Any, str]) -> tuple[int, np.ndarray, str]:
             i, data, key = loaded
-            try:
-                return i, self.predict(data), key
-            except Exception as exc:
-                raise root_cause(exc) from exc
+            return i, self.predict(data), key
 
         def write(cid: str, computed: tuple[int, np.ndarray, str]) -> dict[str, Any]:
             i, label, key = computed
@@ -239,6 +237,16 @@ class BundleRunner:
         """What of the bundle, besides the network and the predictor's settings, changes a label: its pre- and
         postprocessing steps with their plain settings (in the resume key and the manifest)."""
         return {"preprocessing": _steps(getattr(self.dataset, "transform", None)), "postprocessing": _steps(self.postprocessing)}
+
+
+def _reporting_root_cause(stage: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``stage``, raising the :func:`root_cause` of its errors (the manifest names the file, not MONAI's wrapper)."""
+    def run(arg: Any) -> Any:
+        try:
+            return stage(arg)
+        except Exception as exc:
+            raise root_cause(exc) from exc
+    return run
 
 
 def _steps(transform: Any) -> list[Any]:

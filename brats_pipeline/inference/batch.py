@@ -51,7 +51,6 @@ from preprocessing.sharding import select_shard as _select_shard
 if TYPE_CHECKING:
     from brats_pipeline.inference.predictor import Predictor
 
-STATUSES = ("ok", "failed", "skipped")
 KEY_PREFIX = "brats-infer "
 #: ``describe()`` entries that do not change what is predicted (or are keyed by content instead).
 _NOT_KEYED = ("models", "device", "amp_bf16")
@@ -226,9 +225,10 @@ def run_batch(
         return [label_path(out_dir, cid)] + ([probability_path(out_dir, cid)] if save_probabilities else [])
 
     def finished(cid: str, case: Mapping[Hashable, Any]) -> dict[str, Any] | None:
-        key = current_key(outputs(cid), image_files(case), model, settings)
+        paths, inputs = outputs(cid), image_files(case)
+        key = current_key(paths, inputs, model, settings)
         return None if key is None else {"reason": "outputs exist, made from these inputs by this model",
-                                         "output": str(outputs(cid)[0]), "inputs": image_files(case), "key": key}
+                                         "output": str(paths[0]), "inputs": inputs, "key": key}
 
     def read(case: Mapping[Hashable, Any]) -> tuple[Any, list[str], str, float]:
         t0 = time.perf_counter()
@@ -269,4 +269,4 @@ def run_batch(
                         after_failure=free_cache, case_fields=lambda case: {"inputs": image_files(case)})
     rows = run_cases(named, execute, manifest, finished=finished, overwrite=overwrite, check_threads=max(1, loader_threads),
                      progress=f"inference ({predictor.device.type})" if progress else None)
-    return [r for r in rows if r["case_id"] in manifest.order]
+    return rows
